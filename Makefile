@@ -1,0 +1,43 @@
+# idistill: `make demo` and `make test` work on a fresh clone (they create .venv first).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU wheel of torch for machines without a GPU; GPU users: TORCH="torch>=2.3" (or your build)
+TORCH  ?= torch==2.13.0
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+
+.PHONY: install demo test test-slow lint format ui clean
+
+$(BIN)/idistill: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/idistill  ## create .venv and install idistill in editable mode
+
+demo: install  ## synthetic task, tiny model, K=3, X divergence, adaptive alpha (~2-3 min on 2 cores)
+	$(BIN)/idistill experiment=demo
+
+test: install  ## ruff + the default (fast) pytest suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+test-slow: install  ## the slow tests: real CLI runs, sweeps, real data
+	$(BIN)/pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+ui: install  ## browse the runs of ./mlflow.db in the MLflow UI on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,66 @@
+"""Hydra callbacks: a -m sweep is one MLflow parent run with a child run per job."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def _experiment_name(config: DictConfig) -> str:
+    if config.tracking.get("experiment"):
+        return config.tracking.experiment
+    lang = config.get("lang")
+    return f"{config.task.name}-{lang}" if lang else config.task.name
+
+
+class SweepTracking(Callback):
+    """Creates the store, the experiment and the parent run once, before any job starts
+    (parallel jobs racing to migrate a fresh SQLite file fail), and ends the parent run."""
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self.parent: str | None = None
+        self.failed = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from idistill.tracking import PARENT_RUN_FILE, client, ensure_experiment
+
+        if config.tracking.backend != "mlflow":
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            self.client = client(config.tracking.uri)
+            exp_id = ensure_experiment(self.client, _experiment_name(config))
+            run = self.client.create_run(exp_id, run_name=f"sweep {sweep_dir.name}",
+                                         tags={"sweep_dir": str(sweep_dir.resolve())})
+        except Exception as e:
+            log.warning("MLflow unavailable for the sweep's parent run (%s); jobs still run", e)
+            return
+        self.parent = run.info.run_id
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_RUN_FILE).write_text(self.parent)
+        self.client.log_param(self.parent, "overrides",
+                              " ".join(config.hydra.overrides.task)[:6000])
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.FAILED and self.parent and not self.failed:
+            # Hydra stops the sweep without calling on_multirun_end: end the parent now.
+            self.failed = True
+            self._terminate("FAILED")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent and not self.failed:
+            self._terminate("FINISHED")
+
+    def _terminate(self, status: str) -> None:
+        try:
+            self.client.set_terminated(self.parent, status)
+        except Exception as e:
+            log.warning("could not end the sweep's parent run %s (%s)", self.parent, e)

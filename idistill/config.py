@@ -1,0 +1,207 @@
+"""Plain settings of one run, built from the composed config and checked before any work starts.
+
+The library takes these dataclasses; only `cli/` knows they came from Hydra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from idistill.losses import CLASSIFICATION_DIVERGENCES, DIVERGENCES
+from idistill.schedule import validate_adaptive
+
+TASK_TYPES = ("translation", "classification", "regression")
+SCHEDULES = ("constant", "adaptive")
+PASSES = ("concat", "loop")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the key and the fix."""
+
+
+@dataclass
+class MethodSettings:
+    """The training method: K passes, alpha, divergence and alpha schedule."""
+
+    name: str = "intra_distill"
+    k: int = 3
+    alpha: float = 5.0
+    passes: str = "concat"
+    divergence: str = "x"
+    schedule: str = "adaptive"
+    p: float = 5.0
+    q: float = 10.0
+    total_updates: int = 50000
+
+    @property
+    def effective_k(self) -> int:
+        """alpha = 0 is the plain baseline: one pass, no extra compute."""
+        return 1 if self.alpha == 0 else self.k
+
+
+@dataclass
+class TrainerSettings:
+    """Optimisation, batching, evaluation and checkpointing."""
+
+    max_updates: int = 50000
+    max_epochs: int | None = None
+    max_tokens: int = 4096
+    update_freq: int = 1
+    lr: float = 5e-4
+    warmup_updates: int = 4000
+    warmup_init_lr: float = 1e-7
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.0001
+    clip_norm: float = 0.0
+    label_smoothing: float = 0.1
+    validate_every: int = 0
+    log_every: int = 20
+    beam: int = 5
+    len_penalty: float = 1.0
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    test_max_sentences: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    num_threads: int | None = None
+    resume: Any = False
+    save_dir: str | None = None
+
+
+@dataclass
+class TrackingSettings:
+    """Where the run is logged."""
+
+    backend: str = "mlflow"
+    uri: str | None = "sqlite:///mlflow.db"
+    experiment: str | None = None
+
+
+@dataclass
+class RunSettings:
+    """Everything one run needs, in plain Python types."""
+
+    task: dict[str, Any]
+    model: dict[str, Any]
+    method: MethodSettings = field(default_factory=MethodSettings)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    lang: str | None = None
+    seed: int = 1
+    data_dir: Path = Path("~/.cache/idistill")
+
+    @property
+    def experiment_name(self) -> str:
+        """One MLflow experiment per task (+ language pair)."""
+        if self.tracking.experiment:
+            return self.tracking.experiment
+        return f"{self.task['name']}-{self.lang}" if self.lang else self.task["name"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved settings as nested plain values (for params and the config hash)."""
+        out = dataclasses.asdict(self)
+        out["data_dir"] = str(self.data_dir)
+        return out
+
+    def config_hash(self) -> str:
+        """Short hash of what determines the result (not where it is saved or resumed from)."""
+        d = self.to_dict()
+        for key in ("resume", "save_dir", "device", "num_threads"):
+            d["trainer"].pop(key, None)
+        d.pop("tracking")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _section(cls, values: dict[str, Any], prefix: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}.{unknown[0]} (valid: {', '.join(sorted(known))})")
+    return cls(**values)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def settings_from_dict(cfg: dict[str, Any]) -> RunSettings:
+    """Build and check the run settings from the resolved config (a plain dict)."""
+    top = {"task", "model", "method", "divergence", "schedule", "trainer", "tracking"}
+    top |= {"lang", "seed", "data_dir"}
+    unknown = sorted(set(cfg) - top)
+    _require(not unknown, f"unknown top-level key {unknown[0] if unknown else ''!r} (valid: "
+             f"{', '.join(sorted(top))})")
+    method = dict(cfg["method"])
+    method["divergence"] = cfg["divergence"]["name"]
+    schedule = dict(cfg["schedule"])
+    method["schedule"] = schedule.pop("name")
+    method.update(schedule)
+    trainer = dict(cfg["trainer"])
+    trainer["betas"] = tuple(trainer.get("betas", (0.9, 0.98)))
+    settings = RunSettings(
+        task=dict(cfg["task"]),
+        model=dict(cfg["model"]),
+        method=_section(MethodSettings, method, "method"),
+        trainer=_section(TrainerSettings, trainer, "trainer"),
+        tracking=_section(TrackingSettings, dict(cfg["tracking"]), "tracking"),
+        lang=cfg.get("lang"),
+        seed=int(cfg.get("seed", 1)),
+        data_dir=Path(str(cfg.get("data_dir", "~/.cache/idistill"))).expanduser(),
+    )
+    validate(settings)
+    return settings
+
+
+def validate(s: RunSettings) -> None:
+    """Refuse settings that cannot work, naming the key and the fix; touches no data."""
+    m, t = s.method, s.trainer
+    _require(isinstance(m.k, int) and m.k >= 1, f"method.k must be >= 1 (got {m.k})")
+    _require(m.alpha >= 0, f"method.alpha must be >= 0 (got {m.alpha})")
+    _require(m.passes in PASSES, f"method.passes must be one of {PASSES} (got {m.passes!r})")
+    _require(m.divergence in DIVERGENCES,
+             f"divergence must be one of {DIVERGENCES} (got {m.divergence!r})")
+    _require(m.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES} (got {m.schedule!r})")
+    if m.schedule == "adaptive":
+        try:
+            validate_adaptive(m.p, m.q)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        _require(m.total_updates > 0,
+                 f"schedule.total_updates must be > 0 (got {m.total_updates})")
+    task_type = s.task.get("type", "translation")
+    _require(task_type in TASK_TYPES, f"task.type must be one of {TASK_TYPES} (got {task_type!r})")
+    if task_type == "regression":
+        _require(m.divergence == "mse",
+                 f"divergence={m.divergence} needs probabilities; task {s.task['name']} is a "
+                 "regression task: use divergence=mse")
+    else:
+        _require(m.divergence in CLASSIFICATION_DIVERGENCES,
+                 f"divergence=mse is for regression outputs; task {s.task['name']} is "
+                 f"{task_type}: use divergence=x (or js, jeffrey)")
+    langs = s.task.get("langs")
+    if langs:
+        _require(s.lang in langs,
+                 f"task={s.task['name']} needs lang=<one of {', '.join(langs)}> (got {s.lang})")
+    _require(t.max_updates > 0, f"trainer.max_updates must be > 0 (got {t.max_updates})")
+    _require(t.update_freq >= 1, f"trainer.update_freq must be >= 1 (got {t.update_freq})")
+    _require(t.lr > 0, f"trainer.lr must be > 0 (got {t.lr})")
+    _require(t.beam >= 1, f"trainer.beam must be >= 1 (got {t.beam})")
+    _require(t.device in ("auto", "cpu", "cuda"),
+             f"trainer.device must be auto, cpu or cuda (got {t.device!r})")
+    _require(t.precision in ("auto", "fp32", "bf16"),
+             f"trainer.precision must be auto, fp32 or bf16 (got {t.precision!r})")
+    max_len = s.task.get("max_len")
+    if max_len is not None:
+        longest = max_len + 1  # a sentence of max_len pieces plus eos (or bos)
+        _require(t.max_tokens >= longest,
+                 f"trainer.max_tokens={t.max_tokens} is smaller than the longest allowed sentence "
+                 f"(task.max_len={max_len} + 1 = {longest} tokens): raise trainer.max_tokens or "
+                 "lower task.max_len")
+    _require(s.tracking.backend in ("mlflow", "none"),
+             f"tracking must be mlflow or none (got {s.tracking.backend!r})")
