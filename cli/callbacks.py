@@ -38,16 +38,20 @@ class SweepTracking(Callback):
         try:
             self.client = client(config.tracking.uri)
             exp_id = ensure_experiment(self.client, _experiment_name(config))
-            run = self.client.create_run(exp_id, run_name=f"sweep {sweep_dir.name}",
-                                         tags={"sweep_dir": str(sweep_dir.resolve())})
+            run = self.client.create_run(
+                exp_id,
+                run_name=f"sweep {sweep_dir.name}",
+                tags={"sweep_dir": str(sweep_dir.resolve())},
+            )
         except Exception as e:
             log.warning("MLflow unavailable for the sweep's parent run (%s); jobs still run", e)
             return
         self.parent = run.info.run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(self.parent)
-        self.client.log_param(self.parent, "overrides",
-                              " ".join(config.hydra.overrides.task)[:6000])
+        self.client.log_param(
+            self.parent, "overrides", " ".join(config.hydra.overrides.task)[:6000]
+        )
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED and self.parent and not self.failed:

@@ -63,11 +63,18 @@ def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
         parent = (sweep_dir / PARENT_RUN_FILE).read_text().strip()
     meta = read_meta(resume) if resume else None
     tracker = make_tracker(
-        settings.tracking.backend, settings.tracking.uri, settings.experiment_name,
-        run_name=out_dir.name, parent_run_id=parent,
+        settings.tracking.backend,
+        settings.tracking.uri,
+        settings.experiment_name,
+        run_name=out_dir.name,
+        parent_run_id=parent,
         run_id=meta.get("run_id") if meta else None,
-        tags={"task": settings.task["name"], "lang": str(settings.lang),
-              "method": settings.method.name, "config_hash": settings.config_hash()},
+        tags={
+            "task": settings.task["name"],
+            "lang": str(settings.lang),
+            "method": settings.method.name,
+            "config_hash": settings.config_hash(),
+        },
     )
     if resume is None:
         tracker.log_params(settings.to_dict())

@@ -14,7 +14,7 @@ LAST, BEST, META = "checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_last.
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a kill never leaves half a file."""
+    """torch.save to a temp file beside `path`, then rename: a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -51,7 +51,8 @@ def find_resumable(roots: list[Path], config_hash: str) -> Path | None:
             continue
         for meta_file in root.rglob(META):
             meta = read_meta(meta_file.parent)
-            if meta and meta.get("config_hash") == config_hash and not meta.get("finished"):
-                if (meta_file.parent / LAST).is_file():
-                    found.append((meta_file.stat().st_mtime, meta_file.parent))
+            resumable = meta and meta.get("config_hash") == config_hash
+            resumable = resumable and not meta.get("finished")
+            if resumable and (meta_file.parent / LAST).is_file():
+                found.append((meta_file.stat().st_mtime, meta_file.parent))
     return max(found)[1] if found else None

@@ -135,8 +135,11 @@ def settings_from_dict(cfg: dict[str, Any]) -> RunSettings:
     top = {"task", "model", "method", "divergence", "schedule", "trainer", "tracking"}
     top |= {"lang", "seed", "data_dir"}
     unknown = sorted(set(cfg) - top)
-    _require(not unknown, f"unknown top-level key {unknown[0] if unknown else ''!r} (valid: "
-             f"{', '.join(sorted(top))})")
+    _require(
+        not unknown,
+        f"unknown top-level key {unknown[0] if unknown else ''!r} (valid: "
+        f"{', '.join(sorted(top))})",
+    )
     method = dict(cfg["method"])
     method["divergence"] = cfg["divergence"]["name"]
     schedule = dict(cfg["schedule"])
@@ -164,44 +167,60 @@ def validate(s: RunSettings) -> None:
     _require(isinstance(m.k, int) and m.k >= 1, f"method.k must be >= 1 (got {m.k})")
     _require(m.alpha >= 0, f"method.alpha must be >= 0 (got {m.alpha})")
     _require(m.passes in PASSES, f"method.passes must be one of {PASSES} (got {m.passes!r})")
-    _require(m.divergence in DIVERGENCES,
-             f"divergence must be one of {DIVERGENCES} (got {m.divergence!r})")
+    _require(
+        m.divergence in DIVERGENCES,
+        f"divergence must be one of {DIVERGENCES} (got {m.divergence!r})",
+    )
     _require(m.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES} (got {m.schedule!r})")
     if m.schedule == "adaptive":
         try:
             validate_adaptive(m.p, m.q)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        _require(m.total_updates > 0,
-                 f"schedule.total_updates must be > 0 (got {m.total_updates})")
+        _require(m.total_updates > 0, f"schedule.total_updates must be > 0 (got {m.total_updates})")
     task_type = s.task.get("type", "translation")
     _require(task_type in TASK_TYPES, f"task.type must be one of {TASK_TYPES} (got {task_type!r})")
     if task_type == "regression":
-        _require(m.divergence == "mse",
-                 f"divergence={m.divergence} needs probabilities; task {s.task['name']} is a "
-                 "regression task: use divergence=mse")
+        _require(
+            m.divergence == "mse",
+            f"divergence={m.divergence} needs probabilities; task {s.task['name']} is a "
+            "regression task: use divergence=mse",
+        )
     else:
-        _require(m.divergence in CLASSIFICATION_DIVERGENCES,
-                 f"divergence=mse is for regression outputs; task {s.task['name']} is "
-                 f"{task_type}: use divergence=x (or js, jeffrey)")
+        _require(
+            m.divergence in CLASSIFICATION_DIVERGENCES,
+            f"divergence=mse is for regression outputs; task {s.task['name']} is "
+            f"{task_type}: use divergence=x (or js, jeffrey)",
+        )
     langs = s.task.get("langs")
     if langs:
-        _require(s.lang in langs,
-                 f"task={s.task['name']} needs lang=<one of {', '.join(langs)}> (got {s.lang})")
+        _require(
+            s.lang in langs,
+            f"task={s.task['name']} needs lang=<one of {', '.join(langs)}> (got {s.lang})",
+        )
     _require(t.max_updates > 0, f"trainer.max_updates must be > 0 (got {t.max_updates})")
     _require(t.update_freq >= 1, f"trainer.update_freq must be >= 1 (got {t.update_freq})")
+    _require(t.warmup_updates >= 1, f"trainer.warmup_updates must be >= 1 (got {t.warmup_updates})")
     _require(t.lr > 0, f"trainer.lr must be > 0 (got {t.lr})")
     _require(t.beam >= 1, f"trainer.beam must be >= 1 (got {t.beam})")
-    _require(t.device in ("auto", "cpu", "cuda"),
-             f"trainer.device must be auto, cpu or cuda (got {t.device!r})")
-    _require(t.precision in ("auto", "fp32", "bf16"),
-             f"trainer.precision must be auto, fp32 or bf16 (got {t.precision!r})")
+    _require(
+        t.device in ("auto", "cpu", "cuda"),
+        f"trainer.device must be auto, cpu or cuda (got {t.device!r})",
+    )
+    _require(
+        t.precision in ("auto", "fp32", "bf16"),
+        f"trainer.precision must be auto, fp32 or bf16 (got {t.precision!r})",
+    )
     max_len = s.task.get("max_len")
     if max_len is not None:
         longest = max_len + 1  # a sentence of max_len pieces plus eos (or bos)
-        _require(t.max_tokens >= longest,
-                 f"trainer.max_tokens={t.max_tokens} is smaller than the longest allowed sentence "
-                 f"(task.max_len={max_len} + 1 = {longest} tokens): raise trainer.max_tokens or "
-                 "lower task.max_len")
-    _require(s.tracking.backend in ("mlflow", "none"),
-             f"tracking must be mlflow or none (got {s.tracking.backend!r})")
+        _require(
+            t.max_tokens >= longest,
+            f"trainer.max_tokens={t.max_tokens} is smaller than the longest allowed sentence "
+            f"(task.max_len={max_len} + 1 = {longest} tokens): raise trainer.max_tokens or "
+            "lower task.max_len",
+        )
+    _require(
+        s.tracking.backend in ("mlflow", "none"),
+        f"tracking must be mlflow or none (got {s.tracking.backend!r})",
+    )

@@ -30,25 +30,47 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> BleuResult:
     return BleuResult(score.score, str(bleu.get_signature()))
 
 
-def translate(model, examples: list[tuple[list[int], list[int]]], tokenizer, *, device,
-              max_tokens: int, beam: int, len_penalty: float, max_len_a: float, max_len_b: int,
-              autocast_dtype=None, progress: bool = True) -> list[str]:
+def translate(
+    model,
+    examples: list[tuple[list[int], list[int]]],
+    tokenizer,
+    *,
+    device,
+    max_tokens: int,
+    beam: int,
+    len_penalty: float,
+    max_len_a: float,
+    max_len_b: int,
+    autocast_dtype=None,
+    progress: bool = True,
+) -> list[str]:
     """Beam-search translations of `examples` (source ids), detokenized, in input order."""
     src_lens = [len(src) + 1 for src, _ in examples]
-    batches = token_batches(src_lens, src_lens, max(max_tokens // beam, max(src_lens)),
-                            shuffle=False)
+    batches = token_batches(
+        src_lens, src_lens, max(max_tokens // beam, max(src_lens)), shuffle=False
+    )
     out: list[str | None] = [None] * len(examples)
-    bar = tqdm(total=len(examples), desc="translate", unit="sent", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        total=len(examples), desc="translate", unit="sent", disable=not progress, leave=False
+    )
     for idx in batches:
-        batch = collate([examples[i] for i in idx], tokenizer.pad_id, tokenizer.bos_id,
-                        tokenizer.eos_id)
+        batch = collate(
+            [examples[i] for i in idx], tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
+        )
         src = batch["src_tokens"].to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            hyps = beam_search(model, src, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
-                               pad_id=tokenizer.pad_id, beam=beam, len_penalty=len_penalty,
-                               max_len_a=max_len_a, max_len_b=max_len_b)
-        for i, ids in zip(idx, hyps):
+            hyps = beam_search(
+                model,
+                src,
+                bos_id=tokenizer.bos_id,
+                eos_id=tokenizer.eos_id,
+                pad_id=tokenizer.pad_id,
+                beam=beam,
+                len_penalty=len_penalty,
+                max_len_a=max_len_a,
+                max_len_b=max_len_b,
+            )
+        for i, ids in zip(idx, hyps, strict=False):
             out[i] = tokenizer.decode(ids)
         bar.update(len(idx))
     bar.close()

@@ -41,6 +41,7 @@ class NullTracker:
 def _quiet_http_retries() -> None:
     # MLflow's HTTP client retries for minutes by default; a dead server must not stall training.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
@@ -67,8 +68,13 @@ def git_commit() -> str | None:
     """The commit of the idistill source tree, when it is a git checkout."""
     src = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -89,9 +95,15 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class MlflowTracker:
     """One MLflow run, driven through MlflowClient (no global state shared by sweep jobs)."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str | None = None,
-                 parent_run_id: str | None = None, run_id: str | None = None,
-                 tags: dict[str, str] | None = None):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ):
         """Start a new run (child of `parent_run_id` if given), or reopen `run_id` to resume."""
         self.uri = uri
         self.client = client(uri)
@@ -140,8 +152,9 @@ class MlflowTracker:
         self._safe("log_artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
-        self._safe("log_artifacts", self.client.log_artifacts, self.run_id, str(path),
-                   artifact_path)
+        self._safe(
+            "log_artifacts", self.client.log_artifacts, self.run_id, str(path), artifact_path
+        )
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the run as FINISHED, FAILED or KILLED."""
@@ -155,6 +168,7 @@ def make_tracker(backend: str, uri: str | None, experiment: str, **kwargs) -> An
     try:
         return MlflowTracker(uri, experiment, **kwargs)
     except Exception as e:
-        log.warning("MLflow at %s unavailable (%s: %s); this run is not tracked", uri,
-                    type(e).__name__, e)
+        log.warning(
+            "MLflow at %s unavailable (%s: %s); this run is not tracked", uri, type(e).__name__, e
+        )
         return NullTracker()

@@ -77,17 +77,26 @@ def validate(model, examples, tokenizer, max_tokens, device, amp, label_smoothin
     src_lens = [len(s) + 1 for s, _ in examples]
     tgt_lens = [len(t) + 1 for _, t in examples]
     for idx in token_batches(src_lens, tgt_lens, max_tokens, shuffle=False):
-        b = _to(collate([examples[i] for i in idx], tokenizer.pad_id, tokenizer.bos_id,
-                        tokenizer.eos_id), device)
+        b = _to(
+            collate(
+                [examples[i] for i in idx], tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
+            ),
+            device,
+        )
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(b["src_tokens"], b["prev_output_tokens"])  # [B, T, V]
-        loss, nll = label_smoothed_nll_loss(logits, b["target"], label_smoothing,
-                                            tokenizer.pad_id)
-        loss_sum, nll_sum, ntok = loss_sum + loss.item(), nll_sum + nll.item(), ntok + b[
-            "ntokens"].item()
+        loss, nll = label_smoothed_nll_loss(logits, b["target"], label_smoothing, tokenizer.pad_id)
+        loss_sum, nll_sum, ntok = (
+            loss_sum + loss.item(),
+            nll_sum + nll.item(),
+            ntok + b["ntokens"].item(),
+        )
     model.train()
-    return {"loss": loss_sum / ntok, "nll_loss": nll_sum / ntok,
-            "ppl": math.exp(min(nll_sum / ntok, 50.0))}
+    return {
+        "loss": loss_sum / ntok,
+        "nll_loss": nll_sum / ntok,
+        "ppl": math.exp(min(nll_sum / ntok, 50.0)),
+    }
 
 
 def _rng_state() -> dict:
@@ -104,8 +113,9 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run(s: RunSettings, out_dir: Path, tracker, *, resume_dir: Path | None = None,
-        progress: bool = True) -> RunResult:
+def run(
+    s: RunSettings, out_dir: Path, tracker, *, resume_dir: Path | None = None, progress: bool = True
+) -> RunResult:
     """Train, validate, checkpoint and test one configuration; log everything to `tracker`."""
     from tqdm import tqdm
 
@@ -125,46 +135,81 @@ def run(s: RunSettings, out_dir: Path, tracker, *, resume_dir: Path | None = Non
     tok, train_set = data.tokenizer, data.splits["train"]
     src_lens = [len(src) + 1 for src, _ in train_set]  # + eos
     tgt_lens = [len(tgt) + 1 for _, tgt in train_set]  # + bos / eos
-    log.info("data: %s train, %s valid, %s test pairs, vocabulary %d (%s)", len(train_set),
-             len(data.splits["valid"]), len(data.splits["test"]), tok.vocab_size, data.path)
+    log.info(
+        "data: %s train, %s valid, %s test pairs, vocabulary %d (%s)",
+        len(train_set),
+        len(data.splits["valid"]),
+        len(data.splits["test"]),
+        tok.vocab_size,
+        data.path,
+    )
 
     # ---- model and optimizer
     model = build_model(s.model, tok.vocab_size, tok.pad_id).to(device)
     tracker.log_params({"model.parameters": model.num_parameters()})
     log.info("model: %.2fM parameters", model.num_parameters() / 1e6)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas,
-                                  weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay
+    )
 
     update, epoch, batch_pos, best = 0, 1, 0, math.inf
     if resume_dir is not None:
         ckpt = torch.load(resume_dir / LAST, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        update, epoch, batch_pos, best = (ckpt["update"], ckpt["epoch"], ckpt["batch_pos"],
-                                          ckpt["best_valid_loss"])
+        update, epoch, batch_pos, best = (
+            ckpt["update"],
+            ckpt["epoch"],
+            ckpt["batch_pos"],
+            ckpt["best_valid_loss"],
+        )
         _set_rng_state(ckpt["rng"])
         log.info("resumed from %s at update %d (epoch %d)", resume_dir, update, epoch)
 
     def checkpoint(valid_loss: float | None, finished: bool = False) -> None:
         nonlocal best
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "update": update, "epoch": epoch, "batch_pos": batch_pos,
-                 "best_valid_loss": min(best, valid_loss or math.inf), "rng": _rng_state(),
-                 "settings": s.to_dict()}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "update": update,
+            "epoch": epoch,
+            "batch_pos": batch_pos,
+            "best_valid_loss": min(best, valid_loss or math.inf),
+            "rng": _rng_state(),
+            "settings": s.to_dict(),
+        }
         if valid_loss is not None and valid_loss < best:
             best = valid_loss
-            atomic_save({"model": state["model"], "update": update, "valid_loss": best,
-                         "settings": state["settings"]}, save_dir / BEST)
+            atomic_save(
+                {
+                    "model": state["model"],
+                    "update": update,
+                    "valid_loss": best,
+                    "settings": state["settings"],
+                },
+                save_dir / BEST,
+            )
         atomic_save(state, save_dir / LAST)
-        write_meta(save_dir, {"config_hash": s.config_hash(), "update": update,
-                              "run_id": tracker.run_id, "finished": finished})
+        write_meta(
+            save_dir,
+            {
+                "config_hash": s.config_hash(),
+                "update": update,
+                "run_id": tracker.run_id,
+                "finished": finished,
+            },
+        )
 
     def run_validation() -> float:
-        v = validate(model, data.splits["valid"], tok, t.max_tokens, device, amp,
-                     t.label_smoothing)
+        v = validate(model, data.splits["valid"], tok, t.max_tokens, device, amp, t.label_smoothing)
         tracker.log_metrics({f"valid/{k}": val for k, val in v.items()}, step=update)
-        log.info("update %d | valid loss %.3f | nll %.3f | ppl %.2f", update, v["loss"],
-                 v["nll_loss"], v["ppl"])
+        log.info(
+            "update %d | valid loss %.3f | nll %.3f | ppl %.2f",
+            update,
+            v["loss"],
+            v["nll_loss"],
+            v["ppl"],
+        )
         return v["loss"]
 
     def task_loss(logits, batch):  # summed label-smoothed CE over target tokens
@@ -175,31 +220,47 @@ def run(s: RunSettings, out_dir: Path, tracker, *, resume_dir: Path | None = Non
 
     # ---- the loop
     model.train()
-    bar = tqdm(total=t.max_updates, initial=update, desc="train", unit="upd",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=t.max_updates,
+        initial=update,
+        desc="train",
+        unit="upd",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "tokens": 0, "time": time.perf_counter()}
     last_validated = update if resume_dir is not None else -1
     done = update >= t.max_updates
     while not done and (t.max_epochs is None or epoch <= t.max_epochs):
-        batches = token_batches(src_lens, tgt_lens, t.max_tokens, shuffle=True, seed=s.seed,
-                                epoch=epoch)
+        batches = token_batches(
+            src_lens, tgt_lens, t.max_tokens, shuffle=True, seed=s.seed, epoch=epoch
+        )
         while batch_pos < len(batches) and not done:
             group = batches[batch_pos : batch_pos + t.update_freq]
             lr = inverse_sqrt_lr(update + 1, t.lr, t.warmup_updates, t.warmup_init_lr)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             alpha = alpha_at(m.schedule, m.alpha, update, m.total_updates, m.p, m.q)
-            collated = [collate([train_set[i] for i in idx], tok.pad_id, tok.bos_id, tok.eos_id)
-                        for idx in group]
+            collated = [
+                collate([train_set[i] for i in idx], tok.pad_id, tok.bos_id, tok.eos_id)
+                for idx in group
+            ]
             ntokens = sum(int(b["ntokens"]) for b in collated)
             optimizer.zero_grad(set_to_none=True)
             step_loss = step_ce = step_id = 0.0
             for b in collated:
                 b = _to({k: b[k] for k in ("src_tokens", "prev_output_tokens", "target")}, device)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    res = intra_distill_loss(forward, b, task_loss, k=m.effective_k, alpha=alpha,
-                                             divergence=m.divergence, passes=m.passes,
-                                             mask=b["target"] != tok.pad_id)
+                    res = intra_distill_loss(
+                        forward,
+                        b,
+                        task_loss,
+                        k=m.effective_k,
+                        alpha=alpha,
+                        divergence=m.divergence,
+                        passes=m.passes,
+                        mask=b["target"] != tok.pad_id,
+                    )
                 (res.loss / ntokens).backward()  # gradient of the per-token loss of the update
                 step_loss += res.loss.item()
                 step_ce += float(res.task)
@@ -207,7 +268,8 @@ def run(s: RunSettings, out_dir: Path, tracker, *, resume_dir: Path | None = Non
             if not math.isfinite(step_loss):
                 raise NonFiniteLoss(
                     f"non-finite loss ({step_loss}) at update {update + 1}; the last good "
-                    f"checkpoint is kept in {save_dir}")
+                    f"checkpoint is kept in {save_dir}"
+                )
             if t.clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
             optimizer.step()
@@ -222,14 +284,20 @@ def run(s: RunSettings, out_dir: Path, tracker, *, resume_dir: Path | None = Non
             bar.update(1)
             if update % t.log_every == 0 or done:
                 now = time.perf_counter()
-                metrics = {"train/loss": window["loss"] / window["tokens"],
-                           "train/ce": window["ce"] / window["tokens"],
-                           "train/id_loss": window["id"] / window["tokens"],
-                           "train/alpha": alpha, "train/lr": lr,
-                           "train/tokens_per_s": window["tokens"] / (now - window["time"])}
+                metrics = {
+                    "train/loss": window["loss"] / window["tokens"],
+                    "train/ce": window["ce"] / window["tokens"],
+                    "train/id_loss": window["id"] / window["tokens"],
+                    "train/alpha": alpha,
+                    "train/lr": lr,
+                    "train/tokens_per_s": window["tokens"] / (now - window["time"]),
+                }
                 tracker.log_metrics(metrics, step=update)
-                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}",
-                                tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+                bar.set_postfix(
+                    loss=f"{metrics['train/loss']:.3f}",
+                    lr=f"{lr:.2e}",
+                    tok_s=f"{metrics['train/tokens_per_s']:.0f}",
+                )
                 window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "tokens": 0, "time": now}
             if t.validate_every and update % t.validate_every == 0:
                 checkpoint(run_validation())
@@ -251,15 +319,29 @@ def run(s: RunSettings, out_dir: Path, tracker, *, resume_dir: Path | None = Non
     refs = data.references["test"]
     if t.test_max_sentences:
         test, refs = test[: t.test_max_sentences], refs[: t.test_max_sentences]
-    hyps = translate(model, test, tok, device=device, max_tokens=t.max_tokens, beam=t.beam,
-                     len_penalty=t.len_penalty, max_len_a=t.max_len_a, max_len_b=t.max_len_b,
-                     autocast_dtype=amp, progress=progress)
+    hyps = translate(
+        model,
+        test,
+        tok,
+        device=device,
+        max_tokens=t.max_tokens,
+        beam=t.beam,
+        len_penalty=t.len_penalty,
+        max_len_a=t.max_len_a,
+        max_len_b=t.max_len_b,
+        autocast_dtype=amp,
+        progress=progress,
+    )
     bleu = corpus_bleu(hyps, refs)
     hyp_file = out_dir / "test.hyp"
     hyp_file.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     tracker.log_artifact(hyp_file)
     tracker.log_metrics({"test/bleu": bleu.score}, step=update)
     tracker.set_tags({"sacrebleu.signature": bleu.signature})
-    log.info("test BLEU %.2f (%s) from the checkpoint of update %d", bleu.score, bleu.signature,
-             best_state["update"])
+    log.info(
+        "test BLEU %.2f (%s) from the checkpoint of update %d",
+        bleu.score,
+        bleu.signature,
+        best_state["update"],
+    )
     return RunResult(update, best, bleu.score, bleu.signature, save_dir)

@@ -1,0 +1,112 @@
+"""Every shipped config composes; bad input is refused with a message naming key and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+
+from idistill.config import ConfigError, settings_from_dict
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["task", "model", "method", "divergence", "schedule", "trainer", "tracking"]
+
+
+def _settings(make_cfg, overrides):
+    return settings_from_dict(OmegaConf.to_container(make_cfg(overrides), resolve=True))
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_option_composes(make_cfg, group):
+    for option in _options(group):
+        extra = ["lang=de"] if group == "task" else []
+        cfg = make_cfg([f"{group}={option}", *extra])
+        assert OmegaConf.to_container(cfg, resolve=True)[group] is not None
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_composes_and_validates(make_cfg, experiment):
+    settings = _settings(make_cfg, [f"experiment={experiment}"])
+    assert settings.method.k >= 1
+
+
+def test_iwslt14_lang_is_a_top_level_key(make_cfg):
+    cfg = make_cfg(["task=iwslt14", "lang=de"])
+    assert cfg.lang == "de" and cfg.task.name == "iwslt14"
+    assert _settings(make_cfg, ["task=iwslt14", "lang=de"]).experiment_name == "iwslt14-de"
+
+
+def test_adaptive_total_updates_follow_the_trainer(make_cfg):
+    assert make_cfg(["trainer.max_updates=123"]).schedule.total_updates == 123
+
+
+def test_typo_in_a_top_level_key_is_refused(make_cfg):
+    with pytest.raises(ConfigCompositionException, match="alpah"):
+        make_cfg(["alpah=5"])
+    with pytest.raises(ConfigError, match="unknown top-level key 'alpah'"):
+        _settings(make_cfg, ["+alpah=5"])
+
+
+def test_typo_inside_a_group_is_refused(make_cfg):
+    with pytest.raises(ConfigCompositionException, match="method.kk"):
+        make_cfg(["method.kk=3"])
+    with pytest.raises(ConfigError, match="unknown key method.kk"):
+        _settings(make_cfg, ["+method.kk=3"])
+
+
+def test_unknown_group_option_lists_the_valid_ones():
+    with (
+        initialize_config_module("idistill.conf", version_base="1.3"),
+        pytest.raises(MissingConfigException) as err,
+    ):
+        compose("config", overrides=["task=nope"])
+    assert "synthetic" in str(err.value) and "iwslt14" in str(err.value)
+
+
+def test_wrong_type_for_seed_is_refused(make_cfg):
+    with pytest.raises(ConfigCompositionException):
+        make_cfg(["seed=abc"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method.k=0"], r"method.k must be >= 1 \(got 0\)"),
+        (["method.alpha=-1"], r"method.alpha must be >= 0"),
+        (["schedule.p=10", "schedule.q=5"], r"schedule.p must be < schedule.q"),
+        (["schedule.p=0"], r"schedule.p must be > 0"),
+        (["divergence=mse"], r"divergence=mse is for regression"),
+        (["trainer.max_tokens=32"], r"trainer.max_tokens=32 is smaller than the longest"),
+        (["method.passes=twice"], r"method.passes must be one of"),
+        (["task=iwslt14"], r"task=iwslt14 needs lang="),
+        (["task=iwslt14", "lang=xx"], r"needs lang=.*got xx"),
+    ],
+)
+def test_bad_values_are_refused_with_key_and_fix(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _settings(make_cfg, overrides)
+
+
+def test_regression_task_refuses_probability_divergences(make_cfg):
+    with pytest.raises(ConfigError, match="regression task: use divergence=mse"):
+        _settings(make_cfg, ["task.type=regression", "divergence=x"])
+    assert _settings(make_cfg, ["task.type=regression", "divergence=mse"]).method.divergence
+
+
+def test_alpha_zero_costs_one_pass(make_cfg):
+    assert _settings(make_cfg, ["method.alpha=0", "method.k=3"]).method.effective_k == 1
+    assert _settings(make_cfg, ["method.alpha=1", "method.k=3"]).method.effective_k == 3
+
+
+def test_config_hash_ignores_where_a_run_is_saved(make_cfg):
+    a = _settings(make_cfg, ["trainer.resume=true"]).config_hash()
+    b = _settings(make_cfg, ["trainer.save_dir=/elsewhere"]).config_hash()
+    c = _settings(make_cfg, ["method.alpha=1"]).config_hash()
+    assert a == b != c

@@ -1,0 +1,190 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from idistill.losses import (
+    CLASSIFICATION_DIVERGENCES,
+    DIVERGENCES,
+    divergence,
+    label_smoothed_nll_loss,
+)
+
+
+def logits_of(probs: list[float]) -> torch.Tensor:
+    """Logits whose softmax is exactly `probs` (up to float rounding)."""
+    return torch.tensor([math.log(p) for p in probs])
+
+
+def kl(p: list[float], q: list[float]) -> float:
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+
+
+P1, P2 = [0.8, 0.2], [0.4, 0.6]
+PBAR = [0.6, 0.4]
+
+
+def test_x_matches_hand_computation_k2_v2():
+    expected = 0.5 * (kl(P1, PBAR) + kl(PBAR, P1) + kl(P2, PBAR) + kl(PBAR, P2))
+    got = divergence("x", [logits_of(P1), logits_of(P2)])
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_js_matches_hand_computation_k2_v2():
+    expected = 0.5 * (kl(P1, PBAR) + kl(P2, PBAR))
+    got = divergence("js", [logits_of(P1), logits_of(P2)])
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_jeffrey_k2_is_rdrop_half_symmetric_kl_by_hand():
+    expected = 0.5 * (kl(P1, P2) + kl(P2, P1))
+    got = divergence("jeffrey", [logits_of(P1), logits_of(P2)])
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_mse_matches_hand_computation():
+    a, b, c = torch.tensor([1.0, 0.0]), torch.tensor([3.0, 0.0]), torch.tensor([2.0, 3.0])
+    # position 0: values 1, 3, 2 -> mean 2 -> (1 + 1 + 0) / 3; position 1: 0, 0, 3 -> mean 1
+    # -> (1 + 1 + 4) / 3
+    expected = 2 / 3 + 6 / 3
+    assert divergence("mse", [a, b, c]).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_jeffrey_k2_equals_kl_div_both_directions():
+    torch.manual_seed(0)
+    a, b = torch.randn(5, 11), torch.randn(5, 11)
+    la, lb = a.log_softmax(-1), b.log_softmax(-1)
+    kl_ab = F.kl_div(lb, la, log_target=True, reduction="sum")  # KL(p_a || p_b)
+    kl_ba = F.kl_div(la, lb, log_target=True, reduction="sum")
+    got = divergence("jeffrey", [a, b])
+    torch.testing.assert_close(got, 0.5 * (kl_ab + kl_ba), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_jeffrey_equals_explicit_pairwise_sum_over_k_squared(k):
+    torch.manual_seed(k)
+    outs = [torch.randn(4, 9, dtype=torch.float64) for _ in range(k)]
+    lp = [o.log_softmax(-1) for o in outs]
+    pairs = sum(
+        ((lp[i].exp() - lp[j].exp()) * (lp[i] - lp[j])).sum() for i in range(k) for j in range(k)
+    )
+    torch.testing.assert_close(
+        divergence("jeffrey", outs).double(), pairs / k**2, rtol=1e-5, atol=0
+    )
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_zero_when_all_outputs_equal(name):
+    torch.manual_seed(0)
+    o = torch.randn(3, 4, 7)
+    assert divergence(name, [o, o.clone(), o.clone()]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_single_output_gives_float32_zero(name):
+    got = divergence(name, [torch.randn(2, 5, dtype=torch.bfloat16)])
+    assert got.dtype == torch.float32 and got.item() == 0.0 and got.dim() == 0
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_masked_positions_are_ignored(name):
+    torch.manual_seed(0)
+    shape = (2, 3) if name == "mse" else (2, 3, 5)  # mse compares values, not distributions
+    outs = [torch.randn(shape) for _ in range(3)]
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    before = divergence(name, outs, mask)
+    changed = [o.clone() for o in outs]
+    for o in changed:
+        o[~mask] = torch.randn_like(o[~mask]) * 50
+    changed[0][0, 1] = float("nan")  # even garbage at a masked position does not leak
+    torch.testing.assert_close(divergence(name, changed, mask), before)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_value_is_summed_over_positions(name):
+    torch.manual_seed(1)
+    outs = [torch.randn(2, 6) for _ in range(3)]
+    both = divergence(name, outs)
+    first = divergence(name, [o[:1] for o in outs])
+    second = divergence(name, [o[1:] for o in outs])
+    torch.testing.assert_close(both, first + second)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_js_le_x_le_jeffrey_theorem_c1(k, seed):
+    torch.manual_seed(seed)
+    outs = [torch.randn(8, 13) * 3 for _ in range(k)]
+    js, x, jeffrey = (divergence(n, outs).item() for n in ("js", "x", "jeffrey"))
+    assert 0 <= js <= x + 1e-6
+    assert x <= jeffrey + 1e-6
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION_DIVERGENCES)
+def test_finite_value_and_gradients_for_logits_of_magnitude_100(name):
+    torch.manual_seed(0)
+    outs = [(torch.randn(4, 10) * 100).requires_grad_() for _ in range(3)]
+    value = divergence(name, outs)
+    value.backward()
+    assert torch.isfinite(value)
+    assert all(torch.isfinite(o.grad).all() for o in outs)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_bf16_inputs_give_finite_float32_value_and_gradients(name):
+    torch.manual_seed(0)
+    outs = [(torch.randn(4, 10) * 30).bfloat16().requires_grad_() for _ in range(3)]
+    value = divergence(name, outs)
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    assert all(o.grad.dtype == torch.bfloat16 and torch.isfinite(o.grad).all() for o in outs)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="x, js, jeffrey, mse"):
+        divergence("kl", [torch.randn(2, 3), torch.randn(2, 3)])
+
+
+def test_shape_mismatch_names_the_shapes():
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\)"):
+        divergence("x", [torch.randn(2, 3), torch.randn(2, 4)])
+
+
+def test_mask_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match=r"mask shape \(3,\)"):
+        divergence("x", [torch.randn(2, 3), torch.randn(2, 3)], torch.ones(3, dtype=torch.bool))
+
+
+def test_label_smoothed_nll_matches_hand_computation():
+    logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0], [5.0, 1.0, 1.0]])
+    target = torch.tensor([1, 2, -100])
+    eps = 0.1
+    eps_i = eps / 2
+    loss_sum = nll_sum = 0.0
+    for row, t in zip(logits.tolist()[:2], target.tolist()[:2], strict=True):
+        log_z = math.log(sum(math.exp(v) for v in row))
+        lprobs = [v - log_z for v in row]
+        nll = -lprobs[t]
+        loss_sum += (1 - eps - eps_i) * nll + eps_i * -sum(lprobs)
+        nll_sum += nll
+    loss, nll = label_smoothed_nll_loss(logits, target, eps, ignore_index=-100)
+    assert loss.item() == pytest.approx(loss_sum, rel=1e-6)
+    assert nll.item() == pytest.approx(nll_sum, rel=1e-6)
+
+
+def test_label_smoothing_zero_equals_cross_entropy_sum_with_ignore_index():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7)
+    target = torch.randint(0, 7, (3, 5))
+    target[0, :2] = 1  # the padding index
+    loss, nll = label_smoothed_nll_loss(logits, target, 0.0, ignore_index=1)
+    expected = F.cross_entropy(logits.view(-1, 7), target.view(-1), reduction="sum", ignore_index=1)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, expected)
+
+
+def test_label_smoothed_nll_is_float32_for_bf16_logits():
+    logits = torch.randn(4, 6).bfloat16()
+    loss, nll = label_smoothed_nll_loss(logits, torch.tensor([0, 1, 2, 3]), 0.1, None)
+    assert loss.dtype == nll.dtype == torch.float32
