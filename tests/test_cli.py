@@ -1,0 +1,158 @@
+"""The `idistill` command as a user runs it: help, resolved config, refusals, sweeps, the wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from idistill.tracking import client
+
+from conftest import SMALL_RUN
+
+ROOT = Path(__file__).resolve().parents[1]
+_SCRIPT = Path(sys.executable).parent / "idistill"  # the console script pip installed
+IDISTILL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "idistill.cli.main"]
+
+
+def _run(args, cwd, env=None, timeout=600):
+    return subprocess.run(
+        [*IDISTILL, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_help_lists_the_config_groups(tmp_path):
+    out = _run(["--help"], tmp_path)
+    assert out.returncode == 0
+    for group in (
+        "task:",
+        "model:",
+        "method:",
+        "divergence:",
+        "schedule:",
+        "trainer:",
+        "tracking:",
+        "experiment:",
+    ):
+        assert group in out.stdout, group
+
+
+def test_cfg_job_prints_the_resolved_config_from_any_directory(tmp_path):
+    out = _run(["--cfg", "job", "task=iwslt14", "lang=de"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "name: iwslt14" in out.stdout and "lang: de" in out.stdout
+    assert "k: 3" in out.stdout and "name: adaptive" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["method.k=0"], "method.k must be >= 1 (got 0)"),
+        (["alpah=5"], "Could not override 'alpah'"),
+        (["task=nope"], "Available options in 'task'"),
+        (["schedule.p=20"], "schedule.p must be < schedule.q"),
+        (["task=iwslt14", "lang=de"], "no data module"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(tmp_path, args, message):
+    out = _run([*args, "tracking=none", f"data_dir={tmp_path / 'data'}"], tmp_path, timeout=120)
+    assert out.returncode != 0
+    assert message in out.stderr + out.stdout
+    assert not (tmp_path / "data").exists()  # no data was touched
+
+
+@pytest.mark.slow
+def test_sweep_makes_a_parent_run_with_a_child_per_job(tmp_path):
+    db = tmp_path / "mlflow.db"
+    args = [
+        "-m",
+        *SMALL_RUN,
+        "method.alpha=0,1",
+        f"data_dir={tmp_path / 'data'}",
+        f"tracking.uri=sqlite:///{db}",
+    ]
+    out = _run(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    mlflow = client(f"sqlite:///{db}")
+    [exp] = [e for e in mlflow.search_experiments() if e.name == "synthetic"]
+    runs = mlflow.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert parents[0].info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(r.data.params["method.alpha"] for r in children) == ["0.0", "1.0"]
+    assert all(r.info.status == "FINISHED" and "test/bleu" in r.data.metrics for r in children)
+    assert all(
+        any(a.path == "hydra" for a in mlflow.list_artifacts(r.info.run_id)) for r in children
+    )
+
+
+@pytest.mark.slow
+def test_failing_job_marks_its_run_and_the_parent_failed(tmp_path):
+    db = tmp_path / "mlflow.db"
+    # the second job's checkpoint directory is a file: it fails after its run has started
+    (tmp_path / "blocker").write_text("")
+    args = [
+        "-m",
+        *SMALL_RUN,
+        f"trainer.save_dir={tmp_path / 'ok'},{tmp_path / 'blocker'}",
+        f"data_dir={tmp_path / 'data'}",
+        f"tracking.uri=sqlite:///{db}",
+    ]
+    out = _run(args, tmp_path)
+    assert out.returncode != 0
+    mlflow = client(f"sqlite:///{db}")
+    [exp] = [e for e in mlflow.search_experiments() if e.name == "synthetic"]
+    runs = mlflow.search_runs([exp.experiment_id])
+    statuses = sorted((("mlflow.parentRunId" in r.data.tags), r.info.status) for r in runs)
+    assert statuses == [(False, "FAILED"), (True, "FAILED"), (True, "FINISHED")]
+
+
+@pytest.mark.slow
+def test_plain_wheel_composes_configs_from_another_directory(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=600,
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", "import idistill.conf, sys; print(idistill.conf.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert str(target) in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "idistill.cli.main", "--cfg", "job", "experiment=demo"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "embed_dim: 128" in out.stdout

@@ -1,0 +1,147 @@
+"""The training run end to end on the synthetic task: metrics, checkpoints, resume, NaN stop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import idistill.train as train_mod
+from idistill.checkpoint import BEST, LAST, read_meta
+from idistill.cli.main import run
+from idistill.tracking import client
+
+from conftest import SMALL_RUN
+
+
+def test_small_run_logs_metrics_params_and_bleu(make_cfg, tmp_path):
+    cfg = make_cfg(SMALL_RUN, tracking=True)
+    result = run(cfg, output_dir=tmp_path / "run", progress=False)
+    assert result.updates == 6 and 0.0 <= result.test_bleu <= 100.0
+    assert result.bleu_signature.startswith("nrefs:1")
+    assert (result.save_dir / LAST).is_file() and (result.save_dir / BEST).is_file()
+    assert read_meta(result.save_dir)["finished"] is True
+
+    mlflow = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [exp] = [e for e in mlflow.search_experiments() if e.name == "synthetic"]
+    [r] = mlflow.search_runs([exp.experiment_id])
+    assert r.info.status == "FINISHED"
+    assert r.data.params["method.k"] == "3" and r.data.params["method.divergence"] == "x"
+    assert r.data.tags["method"] == "intra_distill"
+    assert r.data.tags["sacrebleu.signature"] == result.bleu_signature
+    for name in (
+        "train/loss",
+        "train/ce",
+        "train/id_loss",
+        "train/alpha",
+        "train/lr",
+        "train/tokens_per_s",
+        "valid/loss",
+        "test/bleu",
+    ):
+        assert name in r.data.metrics, name
+    alphas = mlflow.get_metric_history(r.info.run_id, "train/alpha")
+    assert [a.step for a in alphas] == [2, 4, 6]
+    assert alphas[0].value < alphas[-1].value  # the adaptive schedule rises
+    valid = mlflow.get_metric_history(r.info.run_id, "valid/loss")
+    assert [v.step for v in valid] == [3, 6]
+    assert (tmp_path / "run" / "test.hyp").read_text().count("\n") == 20
+
+
+def _final_weights(save_dir):
+    return torch.load(save_dir / LAST, weights_only=False)["model"]
+
+
+def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch):
+    straight = run(make_cfg(SMALL_RUN), output_dir=tmp_path / "straight", progress=False)
+
+    real_write_meta = train_mod.write_meta
+
+    def killed_after_update_3(save_dir, meta):
+        real_write_meta(save_dir, meta)
+        if meta["update"] == 3:
+            raise KeyboardInterrupt  # as if the process were killed right after the checkpoint
+
+    monkeypatch.setattr(train_mod, "write_meta", killed_after_update_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(SMALL_RUN), output_dir=tmp_path / "killed", progress=False)
+    monkeypatch.setattr(train_mod, "write_meta", real_write_meta)
+    assert read_meta(tmp_path / "killed" / "checkpoints")["update"] == 3
+
+    resumed = run(
+        make_cfg([*SMALL_RUN, f"trainer.resume={tmp_path / 'killed'}"]),
+        output_dir=tmp_path / "resumed",
+        progress=False,
+    )
+    assert resumed.updates == 6 and resumed.save_dir == tmp_path / "killed" / "checkpoints"
+    a, b = _final_weights(straight.save_dir), _final_weights(resumed.save_dir)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert resumed.test_bleu == straight.test_bleu
+
+
+def test_resume_true_finds_the_unfinished_run_of_the_same_config(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    real_write_meta = train_mod.write_meta
+
+    def killed(save_dir, meta):
+        real_write_meta(save_dir, meta)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "write_meta", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(SMALL_RUN), output_dir=tmp_path / "outputs" / "a", progress=False)
+    monkeypatch.setattr(train_mod, "write_meta", real_write_meta)
+    resumed = run(
+        make_cfg([*SMALL_RUN, "trainer.resume=true"]),
+        output_dir=tmp_path / "outputs" / "b",
+        progress=False,
+    )
+    assert resumed.save_dir == tmp_path / "outputs" / "a" / "checkpoints"
+
+
+def test_non_finite_loss_stops_keeps_last_good_checkpoint_and_fails_the_run(
+    make_cfg, tmp_path, monkeypatch
+):
+    real = train_mod.intra_distill_loss
+    calls = {"n": 0}
+
+    def nan_from_update_5(*args, **kwargs):
+        calls["n"] += 1
+        res = real(*args, **kwargs)
+        if calls["n"] >= 5:
+            res.loss = res.loss * math.nan
+        return res
+
+    monkeypatch.setattr(train_mod, "intra_distill_loss", nan_from_update_5)
+    with pytest.raises(train_mod.NonFiniteLoss, match="at update 5"):
+        run(make_cfg(SMALL_RUN, tracking=True), output_dir=tmp_path / "run", progress=False)
+    meta = read_meta(tmp_path / "run" / "checkpoints")
+    assert meta["update"] == 3 and not meta["finished"]
+    [r] = client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
+        [
+            e.experiment_id
+            for e in client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()
+            if e.name == "synthetic"
+        ]
+    )
+    assert r.info.status == "FAILED"
+
+
+def test_update_freq_accumulates_before_stepping(make_cfg, tmp_path):
+    result = run(
+        make_cfg(
+            [
+                *SMALL_RUN,
+                "trainer.update_freq=2",
+                "trainer.max_updates=3",
+                "trainer.validate_every=0",
+            ]
+        ),
+        output_dir=tmp_path / "r",
+        progress=False,
+    )
+    assert result.updates == 3
+    assert torch.load(result.save_dir / LAST, weights_only=False)["batch_pos"] in (0, 6)
