@@ -122,6 +122,9 @@ def _section(cls, values: dict[str, Any], prefix: str):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown key {prefix}.{unknown[0]} (valid: {', '.join(sorted(known))})")
+    floats = {f.name for f in dataclasses.fields(cls) if f.type in ("float", "float | None")}
+    # `method.alpha=1` on the command line arrives as an int: log and hash it as 1.0
+    values = {k: float(v) if k in floats and isinstance(v, int) else v for k, v in values.items()}
     return cls(**values)
 
 
