@@ -14,13 +14,16 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
-def _hydra_runtime() -> tuple[Path | None, Path | None]:
-    """(run output dir, sweep dir when in a -m sweep) of the current Hydra job, if any."""
+def _hydra_runtime() -> tuple[Path | None, Path | None, str | None]:
+    """(run output dir, sweep dir in a -m sweep, run name) of the current Hydra job, if any."""
     if not HydraConfig.initialized():
-        return None, None
+        return None, None, None
     hc = HydraConfig.get()
-    sweep = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
-    return Path(hc.runtime.output_dir), sweep
+    out = Path(hc.runtime.output_dir)
+    if hc.mode != RunMode.MULTIRUN:
+        return out, None, out.name
+    name = f"{hc.job.num}:{hc.job.override_dirname}"[:250]
+    return out, Path(hc.sweep.dir), name
 
 
 def resume_dir(resume: Any, config_hash: str, roots: list[Path]) -> Path | None:
@@ -52,7 +55,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
 
     settings = settings_from_dict(OmegaConf.to_container(cfg, resolve=True))
     check_available(settings.task)
-    hydra_out, sweep_dir = _hydra_runtime()
+    hydra_out, sweep_dir, run_name = _hydra_runtime()
     out_dir = output_dir or hydra_out or Path.cwd()
     out_dir.mkdir(parents=True, exist_ok=True)
     roots = [Path.cwd() / "outputs", Path.cwd() / "multirun", out_dir.parent]
@@ -66,7 +69,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
         settings.tracking.backend,
         settings.tracking.uri,
         settings.experiment_name,
-        run_name=out_dir.name,
+        run_name=run_name or out_dir.name,
         parent_run_id=parent,
         run_id=meta.get("run_id") if meta else None,
         tags={

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,7 @@ def run(
         unit="upd",
         disable=not progress,
         dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a batch job's log stays readable
     )
     window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "tokens": 0, "time": time.perf_counter()}
     last_validated = update if resume_dir is not None else -1

@@ -91,6 +91,8 @@ def test_sweep_makes_a_parent_run_with_a_child_per_job(tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert sorted(r.data.params["method.alpha"] for r in children) == ["0.0", "1.0"]
     assert all(r.info.status == "FINISHED" and "test/bleu" in r.data.metrics for r in children)
+    names = sorted(r.data.tags["mlflow.runName"] for r in children)
+    assert names[0].startswith("0:") and "method.alpha=0" in names[0]
     assert all(
         any(a.path == "hydra" for a in mlflow.list_artifacts(r.info.run_id)) for r in children
     )
