@@ -50,11 +50,11 @@ def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
     from idistill import train
     from idistill.checkpoint import read_meta
     from idistill.config import settings_from_dict
-    from idistill.data.tasks import check_available
+    from idistill.data.tasks import check_task
     from idistill.tracking import PARENT_RUN_FILE, make_tracker
 
     settings = settings_from_dict(OmegaConf.to_container(cfg, resolve=True))
-    check_available(settings.task)
+    check_task(settings.task)
     hydra_out, sweep_dir, run_name = _hydra_runtime()
     out_dir = output_dir or hydra_out or Path.cwd()
     out_dir.mkdir(parents=True, exist_ok=True)
