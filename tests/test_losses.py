@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from idistill import losses
 from idistill.losses import (
     CLASSIFICATION_DIVERGENCES,
     DIVERGENCES,
@@ -188,3 +189,27 @@ def test_label_smoothed_nll_is_float32_for_bf16_logits():
     logits = torch.randn(4, 6).bfloat16()
     loss, nll = label_smoothed_nll_loss(logits, torch.tensor([0, 1, 2, 3]), 0.1, None)
     assert loss.dtype == nll.dtype == torch.float32
+
+
+def _x_by_autograd(logits: torch.Tensor) -> torch.Tensor:
+    """The X divergence through plain autograd in float64: the reference for the fused one."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    log_pbar = torch.logsumexp(logp, dim=0) - math.log(logits.shape[0])
+    return ((logp.exp() - log_pbar.exp()) * (logp - log_pbar)).sum() / logits.shape[0]
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 7, 1 << 21])
+@pytest.mark.parametrize("k", [2, 3])
+def test_fused_x_value_and_gradient_match_autograd_across_chunks(monkeypatch, chunk_elements, k):
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(k)
+    logits = (3 * torch.randn(k, 2, 5, 11)).requires_grad_()
+    mask = torch.tensor([[True, True, False, True, True], [True, False, True, True, False]])
+    value = divergence("x", list(logits), mask)
+    value.backward(torch.tensor(0.7))
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref = _x_by_autograd(ref_logits[:, mask])
+    (0.7 * ref).backward()
+    assert value.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(logits.grad, ref_logits.grad.float(), rtol=1e-4, atol=1e-6)
+    assert logits.grad[:, ~mask].abs().max() == 0  # masked positions get no gradient
