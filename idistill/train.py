@@ -75,8 +75,7 @@ def validate(model, examples, tokenizer, max_tokens, device, amp, label_smoothin
     """Label-smoothed loss and NLL per target token on `examples` (dropout off)."""
     model.eval()
     loss_sum = nll_sum = ntok = 0.0
-    src_lens = [len(s) + 1 for s, _ in examples]
-    tgt_lens = [len(t) + 1 for _, t in examples]
+    src_lens, tgt_lens = examples.src_lens + 1, examples.tgt_lens + 1  # [N] + eos, + bos / eos
     for idx in token_batches(src_lens, tgt_lens, max_tokens, shuffle=False):
         b = _to(
             collate(
@@ -134,8 +133,8 @@ def run(
     # ---- data
     data = load_task(s.task, s.lang, s.data_dir)
     tok, train_set = data.tokenizer, data.splits["train"]
-    src_lens = [len(src) + 1 for src, _ in train_set]  # + eos
-    tgt_lens = [len(tgt) + 1 for _, tgt in train_set]  # + bos / eos
+    src_lens = train_set.src_lens + 1  # [N] + eos
+    tgt_lens = train_set.tgt_lens + 1  # [N] + bos / eos
     log.info(
         "data: %s train, %s valid, %s test pairs, vocabulary %d (%s)",
         len(train_set),

@@ -1,9 +1,11 @@
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from idistill.data.batching import collate, token_batches
+from idistill.data.token_pairs import TokenPairs
 
 PAD, BOS, EOS = 0, 2, 3
 
@@ -78,3 +80,30 @@ def test_collate_ntokens_counts_non_pad_target_tokens():
 def test_collate_refuses_an_empty_batch():
     with pytest.raises(ValueError, match="empty"):
         collate([], PAD, BOS, EOS)
+
+
+def test_numpy_lengths_give_the_same_batches_as_lists(lengths):
+    src, tgt = lengths
+    for shuffle in (False, True):
+        as_lists = token_batches(src, tgt, 300, shuffle=shuffle, seed=2)
+        as_arrays = token_batches(np.array(src), np.array(tgt), 300, shuffle=shuffle, seed=2)
+        assert as_arrays == as_lists and all(type(i) is int for b in as_arrays for i in b)
+
+
+def test_no_examples_give_no_batches():
+    assert token_batches([], [], 100, shuffle=True) == []
+
+
+def test_collate_takes_numpy_pairs_of_any_int_type():
+    pairs = TokenPairs.from_lists([([5, 6, 7], [8, 9]), ([5], [8, 9, 10, 11])], dtype=np.uint16)
+    from_numpy = collate([pairs[0], pairs[1]], PAD, BOS, EOS)
+    from_lists = collate([([5, 6, 7], [8, 9]), ([5], [8, 9, 10, 11])], PAD, BOS, EOS)
+    for key, value in from_lists.items():
+        assert torch.equal(from_numpy[key], value) and from_numpy[key].dtype == torch.long
+
+
+def test_collate_handles_empty_sentences():
+    b = collate([([], [8]), ([5], [])], PAD, BOS, EOS)
+    assert b["src_tokens"].tolist() == [[EOS, PAD], [5, EOS]]
+    assert b["target"].tolist() == [[8, EOS], [EOS, PAD]]
+    assert int(b["ntokens"]) == 3

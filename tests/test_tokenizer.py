@@ -75,3 +75,14 @@ def test_training_is_deterministic_and_quiet(texts, model_file, tmp_path, capfd)
 def test_missing_model_file_raises_naming_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.model"):
         Tokenizer(tmp_path / "nope.model")
+
+
+def test_input_sentence_size_trains_on_a_seeded_sample(texts, model_file, tmp_path):
+    a = train_sentencepiece(texts[0], tmp_path / "a", 300, input_sentence_size=101)
+    b = train_sentencepiece(texts[0], tmp_path / "b", 300, input_sentence_size=101)
+    assert _pieces(a) == _pieces(b) != _pieces(model_file)
+
+
+def test_input_sentence_size_below_sentencepiece_floor_names_the_setting(texts, tmp_path):
+    with pytest.raises(ValueError, match=r"task.spm_max_sentences must be > 100 or null \(got 5\)"):
+        train_sentencepiece(texts[0], tmp_path / "m", 300, input_sentence_size=5)

@@ -1,17 +1,28 @@
-"""Batches by token count (like fairseq's --max-tokens) and padding into tensors."""
+"""Batches by token count (like fairseq's --max-tokens) and padding into tensors.
+
+Both scale to WMT: lengths are numpy arrays (4.5M pairs sort in under a second) and a batch is
+padded in numpy and handed to torch without a copy.
+"""
 
 from __future__ import annotations
 
-import random
+import hashlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 
+def _rng(seed: int, epoch: int) -> np.random.Generator:
+    """A generator that depends on (seed, epoch) alone, the same in every process and version."""
+    digest = hashlib.sha256(f"{seed}:{epoch}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
 def token_batches(
-    src_lens: Sequence[int],
-    tgt_lens: Sequence[int],
+    src_lens: Sequence[int] | np.ndarray,
+    tgt_lens: Sequence[int] | np.ndarray,
     max_tokens: int,
     *,
     shuffle: bool,
@@ -26,42 +37,43 @@ def token_batches(
     at random and the order of the batches is shuffled, both from (seed, epoch) alone, so a
     resumed run sees the same batches. Without it, batches come in length order.
     """
-    if len(src_lens) != len(tgt_lens):
-        raise ValueError(f"{len(src_lens)} source lengths for {len(tgt_lens)} target lengths")
+    src = np.asarray(src_lens, dtype=np.int64)  # [N]
+    tgt = np.asarray(tgt_lens, dtype=np.int64)  # [N]
+    if src.shape != tgt.shape:
+        raise ValueError(f"{len(src)} source lengths for {len(tgt)} target lengths")
     if max_tokens < 1:
         raise ValueError(f"trainer.max_tokens must be >= 1 (got {max_tokens})")
-    # A string seed: random.Random hashes it with sha512, the same in every process.
-    rng = random.Random(f"{seed}:{epoch}") if shuffle else None
-    tie = [rng.random() for _ in src_lens] if rng else [0.0] * len(src_lens)
-    order = sorted(range(len(src_lens)), key=lambda i: (src_lens[i], tgt_lens[i], tie[i], i))
+    size = np.maximum(src, tgt)  # [N] padded tokens per example in a batch of one
+    too_long = np.flatnonzero(size > max_tokens)
+    if len(too_long):
+        i = int(too_long[0])
+        raise ValueError(
+            f"example {i} has {size[i]} tokens (source {src[i]}, target {tgt[i]}), "
+            f"more than trainer.max_tokens={max_tokens}; raise trainer.max_tokens or lower "
+            f"task.max_len"
+        )
+    rng = _rng(seed, epoch) if shuffle else None
+    tie = rng.random(len(src)) if rng else np.zeros(len(src))
+    order = np.lexsort((np.arange(len(src)), tie, tgt, src))  # last key sorts first
 
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    width = 0  # longest side of the longest example in `batch`
-    for i in order:
-        size = max(src_lens[i], tgt_lens[i])
-        if size > max_tokens:
-            raise ValueError(
-                f"example {i} has {size} tokens (source {src_lens[i]}, target {tgt_lens[i]}), "
-                f"more than trainer.max_tokens={max_tokens}; raise trainer.max_tokens or lower "
-                f"task.max_len"
-            )
-        if batch and (len(batch) + 1) * max(width, size) > max_tokens:
-            batches.append(batch)
-            batch, width = [], 0
-        batch.append(i)
-        width = max(width, size)
-    if batch:
-        batches.append(batch)
+    # Greedy fill in one pass over plain ints (a Python loop, ~1 s for 4.5M examples).
+    starts, count, width = [0], 0, 0  # width: longest example in the open batch
+    for n, size_i in enumerate(size[order].tolist()):
+        if count and (count + 1) * max(width, size_i) > max_tokens:
+            starts.append(n)
+            count, width = 0, 0
+        count += 1
+        width = max(width, size_i)
+    batches = [b.tolist() for b in np.split(order, starts[1:])] if len(order) else []
     if rng:
-        rng.shuffle(batches)
+        batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
 
 
 def collate(
-    examples: list[tuple[list[int], list[int]]], pad_id: int, bos_id: int, eos_id: int
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, bos_id: int, eos_id: int
 ) -> dict[str, Tensor]:
-    """Pad (source ids, target ids) pairs into the tensors of a seq2seq step.
+    """Pad (source ids, target ids) pairs (lists or numpy arrays) into a seq2seq step's tensors.
 
     src_tokens [B, S]          source + eos, right-padded
     src_lengths [B]            source lengths including eos
@@ -72,20 +84,23 @@ def collate(
     if not examples:
         raise ValueError("collate needs at least one example (got an empty batch)")
     n = len(examples)
-    src_len = max(len(s) for s, _ in examples) + 1
-    tgt_len = max(len(t) for _, t in examples) + 1
-    src_tokens = torch.full((n, src_len), pad_id, dtype=torch.long)  # [B, S]
-    prev = torch.full((n, tgt_len), pad_id, dtype=torch.long)  # [B, T]
-    target = torch.full((n, tgt_len), pad_id, dtype=torch.long)  # [B, T]
+    src_n = np.fromiter((len(s) for s, _ in examples), np.int64, n)  # [B]
+    tgt_n = np.fromiter((len(t) for _, t in examples), np.int64, n)  # [B]
+    src_tokens = np.full((n, int(src_n.max()) + 1), pad_id, dtype=np.int64)  # [B, S]
+    prev = np.full((n, int(tgt_n.max()) + 1), pad_id, dtype=np.int64)  # [B, T]
+    target = np.full_like(prev, pad_id)  # [B, T]
     for row, (src, tgt) in enumerate(examples):
-        src_tokens[row, : len(src) + 1] = torch.tensor([*src, eos_id], dtype=torch.long)
-        prev[row, : len(tgt) + 1] = torch.tensor([bos_id, *tgt], dtype=torch.long)
-        target[row, : len(tgt) + 1] = torch.tensor([*tgt, eos_id], dtype=torch.long)
-    src_lengths = torch.tensor([len(s) + 1 for s, _ in examples], dtype=torch.long)  # [B]
+        src_tokens[row, : len(src)] = src
+        prev[row, 1 : len(tgt) + 1] = tgt
+        target[row, : len(tgt)] = tgt
+    rows = np.arange(n)
+    src_tokens[rows, src_n] = eos_id
+    prev[:, 0] = bos_id
+    target[rows, tgt_n] = eos_id
     return {
-        "src_tokens": src_tokens,
-        "src_lengths": src_lengths,
-        "prev_output_tokens": prev,
-        "target": target,
-        "ntokens": src_lengths.new_tensor(sum(len(t) + 1 for _, t in examples)),
+        "src_tokens": torch.from_numpy(src_tokens),
+        "src_lengths": torch.from_numpy(src_n + 1),
+        "prev_output_tokens": torch.from_numpy(prev),
+        "target": torch.from_numpy(target),
+        "ntokens": torch.tensor(int(tgt_n.sum()) + n, dtype=torch.long),
     }

@@ -18,17 +18,27 @@ def train_sentencepiece(
     model_type: str = "unigram",
     seed: int = 0,
     num_threads: int = 1,
+    input_sentence_size: int | None = None,
 ) -> Path:
     """Train a sentencepiece model on `texts`; returns `<model_prefix>.model`.
 
     Ids 0-3 are pad, unk, bos, eos. `vocab_size` is an upper bound (hard_vocab_limit off), so
     a small corpus gives a smaller vocabulary instead of an error. One thread and a fixed
-    seed make the model file identical from run to run.
+    seed make the model file identical from run to run. With `input_sentence_size`,
+    sentencepiece trains on a seeded random sample of at most that many sentences (it still
+    reads them all, but keeps only the sample in memory): 9M WMT sentences need not all fit.
     """
     if vocab_size < 8:
         raise ValueError(f"task.vocab_size must be >= 8 (got {vocab_size})")
     if not 0.0 < character_coverage <= 1.0:
         raise ValueError(f"task.character_coverage must be in (0, 1] (got {character_coverage})")
+    if input_sentence_size is not None and input_sentence_size <= 100:  # sentencepiece's floor
+        raise ValueError(
+            f"task.spm_max_sentences must be > 100 or null (got {input_sentence_size})"
+        )
+    sampling = {}
+    if input_sentence_size is not None:
+        sampling = {"input_sentence_size": input_sentence_size, "shuffle_input_sentence": True}
     model_prefix = Path(model_prefix)
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
     spm.set_random_generator_seed(seed)
@@ -45,6 +55,7 @@ def train_sentencepiece(
         hard_vocab_limit=False,
         num_threads=num_threads,
         minloglevel=2,  # sentencepiece's progress log is pages long
+        **sampling,
     )
     return model_prefix.with_name(model_prefix.name + ".model")
 
