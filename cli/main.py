@@ -54,7 +54,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
     from idistill.tracking import PARENT_RUN_FILE, make_tracker
 
     settings = settings_from_dict(OmegaConf.to_container(cfg, resolve=True))
-    check_task(settings.task)
+    check_task(settings.task, settings.lang)
     hydra_out, sweep_dir, run_name = _hydra_runtime()
     out_dir = output_dir or hydra_out or Path.cwd()
     out_dir.mkdir(parents=True, exist_ok=True)

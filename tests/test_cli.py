@@ -59,7 +59,7 @@ def test_cfg_job_prints_the_resolved_config_from_any_directory(tmp_path):
         (["alpah=5"], "Could not override 'alpah'"),
         (["task=nope"], "Available options in 'task'"),
         (["schedule.p=20"], "schedule.p must be < schedule.q"),
-        (["task=iwslt14", "lang=de"], "no data module"),
+        (["task=iwslt14", "lang=xx"], "task=iwslt14 needs lang=<one of ar, de"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(tmp_path, args, message):

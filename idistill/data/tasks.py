@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +11,25 @@ from idistill.data import parallel_text
 from idistill.data.synthetic import make_corpus
 from idistill.data.translation import TranslationData, prepare_translation
 
-LOADERS = ("synthetic", "parallel_text")  # data modules that exist in this version
+# loader name -> module with check(task, lang) and raw(task, lang, data_dir)
+MODULES = {"iwslt14": "idistill.data.iwslt", "wmt17": "idistill.data.wmt"}
+LOADERS = ("synthetic", "parallel_text", *MODULES)  # data modules that exist in this version
 
 
-def check_task(task: dict[str, Any]) -> None:
+def _loader(task: dict[str, Any]) -> str:
+    return task.get("loader", task["name"])
+
+
+def check_task(task: dict[str, Any], lang: str | None = None) -> None:
     """Refuse a task that cannot load, before any work starts."""
-    loader = task.get("loader", task["name"])
+    loader = _loader(task)
     if loader not in LOADERS:
         raise ConfigError(
             f"task={task['name']} has its configuration but no data module in this version of "
-            f"idistill yet; available: synthetic, multi30k, parallel_text"
+            f"idistill yet; available loaders: {', '.join(LOADERS)}"
         )
+    if loader in MODULES:
+        importlib.import_module(MODULES[loader]).check(task, lang)
     if loader == "parallel_text":
         if not task.get("src_lang"):
             raise ConfigError(f"task={task['name']} needs lang=<source language> (got None)")
@@ -32,10 +41,12 @@ def check_task(task: dict[str, Any]) -> None:
             raise ConfigError(f"task.source={task['source']} is not a directory")
 
 
-def _raw(task: dict[str, Any], data_dir: Path) -> dict[str, list[tuple[str, str]]]:
-    loader = task.get("loader", task["name"])
+def _raw(task: dict[str, Any], lang: str | None, data_dir: Path) -> dict[str, list]:
+    loader = _loader(task)
     if loader == "synthetic":
         return make_corpus(task["data_seed"], task["n_train"], task["n_valid"], task["n_test"])
+    if loader in MODULES:
+        return importlib.import_module(MODULES[loader]).raw(task, lang, data_dir)
     src, tgt, splits = task["src_lang"], task["tgt_lang"], dict(task["splits"])
     if task.get("source"):
         folder = Path(task["source"])
@@ -49,14 +60,16 @@ def _raw(task: dict[str, Any], data_dir: Path) -> dict[str, list[tuple[str, str]
 
 def load_task(task: dict[str, Any], lang: str | None, data_dir: Path) -> TranslationData:
     """Build (or reuse from `data_dir`) the tokenized splits of `task`."""
-    check_task(task)
+    check_task(task, lang)
     settings = {k: v for k, v in task.items() if k not in ("langs", "source")}
     return prepare_translation(
-        _raw(task, data_dir),
+        _raw(task, lang, data_dir),
         data_dir=data_dir,
-        name=task["name"],
-        settings=settings,
+        name=task["name"] if lang is None else f"{task['name']}-{lang}",
+        settings={**settings, "lang": lang},
         vocab_size=task["vocab_size"],
         character_coverage=task.get("character_coverage", 1.0),
         max_len=task.get("max_len"),
+        spm_train_on=task.get("spm_train_on", "train"),
+        spm_max_sentences=task.get("spm_max_sentences"),
     )
