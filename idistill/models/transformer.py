@@ -3,7 +3,8 @@
 Post-norm layers (residual + dropout, then LayerNorm; no final LayerNorm), token embeddings
 scaled by sqrt(D), fairseq's sinusoidal positions, decoder input/output embeddings tied.
 Targets are right-padded (the decoder relies on the causal mask alone); sources may be
-padded on either side.
+padded on either side. With `experts` > 0 every FFN is a Switch layer (idistill.models.switch)
+and `pop_balance_loss` gives the load-balancing loss the training step adds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from idistill.models.switch import SwitchFeedForward
 
 
 @dataclass
@@ -32,6 +35,10 @@ class TransformerConfig:
     activation_dropout: float = 0.0  # after the FFN's ReLU
     share_all_embeddings: bool = False  # one table for encoder and decoder (joint vocabulary)
     max_positions: int = 1024  # longest sequence either side accepts
+    experts: int = 0  # 0: dense FFNs; E > 0: every FFN is a top-1 switch layer of E FFNs
+    capacity_factor: float = 1.0  # training: an expert takes ceil(factor * tokens / E) tokens
+    eval_capacity_factor: float | None = None  # eval: None = no limit (tokens routed alone)
+    balance_coef: float = 0.01  # weight of the load-balancing loss per switch layer (Switch)
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.heads:
@@ -41,6 +48,14 @@ class TransformerConfig:
             )
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id must be in [0, {self.vocab_size}) (got {self.pad_id})")
+        if self.experts < 0:
+            raise ValueError(f"model.experts must be >= 0, 0 for dense FFNs (got {self.experts})")
+        for key in ("capacity_factor", "eval_capacity_factor"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"model.{key} must be > 0 (got {value}); null means no limit")
+        if self.balance_coef < 0:
+            raise ValueError(f"model.balance_coef must be >= 0 (got {self.balance_coef})")
 
 
 PRESETS: dict[str, dict] = {
@@ -121,8 +136,18 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(ffn_dim, dim)
         self.activation_dropout = nn.Dropout(activation_dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """keep [B, T] (real tokens) is ignored: every position goes through the dense FFN."""
         return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))
+
+
+def feed_forward(cfg: TransformerConfig) -> nn.Module:
+    """One layer's FFN: dense, or a switch layer of `cfg.experts` dense FFNs."""
+    d = cfg.embed_dim
+    if not cfg.experts:
+        return FeedForward(d, cfg.ffn_dim, cfg.activation_dropout)
+    experts = [FeedForward(d, cfg.ffn_dim, cfg.activation_dropout) for _ in range(cfg.experts)]
+    return SwitchFeedForward(d, experts, cfg.capacity_factor, cfg.eval_capacity_factor)
 
 
 class EncoderLayer(nn.Module):
@@ -133,14 +158,15 @@ class EncoderLayer(nn.Module):
         d = cfg.embed_dim
         self.self_attn = Attention(d, cfg.heads, cfg.attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(d)
-        self.ffn = FeedForward(d, cfg.ffn_dim, cfg.activation_dropout)
+        self.ffn = feed_forward(cfg)
         self.final_layer_norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, keep: Tensor | None = None) -> Tensor:
+        """x [B, S, D], mask [B, 1, 1, S] True = may attend, keep [B, S] True = real token."""
         k, v = self.self_attn.kv(x)
         x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, k, v, mask)))
-        return self.final_layer_norm(x + self.dropout(self.ffn(x)))
+        return self.final_layer_norm(x + self.dropout(self.ffn(x, keep)))
 
 
 @dataclass
@@ -190,13 +216,19 @@ class DecoderLayer(nn.Module):
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.encoder_attn = Attention(d, cfg.heads, cfg.attention_dropout)
         self.encoder_attn_layer_norm = nn.LayerNorm(d)
-        self.ffn = FeedForward(d, cfg.ffn_dim, cfg.activation_dropout)
+        self.ffn = feed_forward(cfg)
         self.final_layer_norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: Tensor, enc_out: Tensor, enc_mask: Tensor, cache: LayerCache | None = None
+        self,
+        x: Tensor,
+        enc_out: Tensor,
+        enc_mask: Tensor,
+        cache: LayerCache | None = None,
+        keep: Tensor | None = None,
     ) -> Tensor:
+        """x [B, T, D] (T = 1 with a cache), keep [B, T] True = real token (for switch FFNs)."""
         k, v = self.self_attn.kv(x)
         if cache is not None:  # x is the newest position only: attend to all cached ones
             if cache.k is not None:
@@ -213,7 +245,7 @@ class DecoderLayer(nn.Module):
                 cache.enc_k, cache.enc_v = ek, ev
         h = self.encoder_attn(x, ek, ev, enc_mask)
         x = self.encoder_attn_layer_norm(x + self.dropout(h))
-        return self.final_layer_norm(x + self.dropout(self.ffn(x)))
+        return self.final_layer_norm(x + self.dropout(self.ffn(x, keep)))
 
 
 @dataclass
@@ -275,8 +307,10 @@ class Seq2SeqTransformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """fairseq's init: xavier_uniform linears (q/k/v with gain 1/sqrt 2), zero biases,
-        embeddings N(0, D^-0.5) with a zero pad row."""
+        embeddings N(0, D^-0.5) with a zero pad row; switch routers as in Switch."""
         for name, module in self.named_modules():
+            if isinstance(module, SwitchFeedForward):
+                module.reset_router()
             if isinstance(module, nn.Linear) and module is not self.output_projection:
                 qkv = name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj")
                 nn.init.xavier_uniform_(module.weight, gain=2**-0.5 if qkv else 1.0)
@@ -291,9 +325,10 @@ class Seq2SeqTransformer(nn.Module):
         pad_mask = src_tokens.eq(self.cfg.pad_id)  # [B, S]
         x = self.encoder_embed(src_tokens)  # [B, S, D]
         x = x * (~pad_mask).unsqueeze(-1).to(x.dtype)  # pads start from zero, as in fairseq
-        attn_mask = (~pad_mask)[:, None, None, :]  # [B, 1, 1, S]
+        keep = ~pad_mask  # [B, S] real tokens
+        attn_mask = keep[:, None, None, :]  # [B, 1, 1, S]
         for layer in self.encoder_layers:
-            x = layer(x, attn_mask)
+            x = layer(x, attn_mask, keep)
         return EncoderOut(x, pad_mask)
 
     def decode(
@@ -314,8 +349,9 @@ class Seq2SeqTransformer(nn.Module):
                 )
         x = self.decoder_embed(prev_output_tokens, last_only=cache is not None)  # [B, T|1, D]
         enc_mask = (~enc.pad_mask)[:, None, None, :]  # [B, 1, 1, S]
+        keep = prev_output_tokens[:, -x.shape[1] :].ne(self.cfg.pad_id)  # [B, T|1]
         for i, layer in enumerate(self.decoder_layers):
-            x = layer(x, enc.out, enc_mask, cache.layers[i] if cache is not None else None)
+            x = layer(x, enc.out, enc_mask, cache.layers[i] if cache is not None else None, keep)
         return self.output_projection(x)  # [B, T|1, V]
 
     def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor) -> Tensor:
@@ -329,3 +365,17 @@ class Seq2SeqTransformer(nn.Module):
     def num_parameters(self) -> int:
         """Trainable parameters, tied tables counted once."""
         return sum(p.numel() for p in self.parameters())
+
+    def pop_balance_loss(self) -> Tensor:
+        """Switch load-balancing loss of the training forwards since the last call, then forgets
+        them: sum over switch layers of mean over forwards of E * sum_e f_e * P_e.
+
+        A float32 scalar with a gradient to the routers; 0 for a dense model or when no forward
+        ran in training mode (eval forwards record nothing). The training step adds
+        `cfg.balance_coef * pop_balance_loss()` to its per-token loss; call it once per batch.
+        """
+        total = self.output_projection.weight.new_zeros((), dtype=torch.float32)
+        for module in self.modules():
+            if isinstance(module, SwitchFeedForward):
+                total = total + module.pop_balance_loss()
+        return total
