@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +48,69 @@ def resume_dir(resume: Any, config_hash: str, roots: list[Path]) -> Path | None:
 
 def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
     """Run one job from a composed config (the undecorated entry point that tests call)."""
-    from idistill import train
-    from idistill.checkpoint import read_meta
     from idistill.config import settings_from_dict
     from idistill.data.tasks import check_task
-    from idistill.tracking import PARENT_RUN_FILE, make_tracker
 
     settings = settings_from_dict(OmegaConf.to_container(cfg, resolve=True))
     check_task(settings.task, settings.lang)
     hydra_out, sweep_dir, run_name = _hydra_runtime()
     out_dir = output_dir or hydra_out or Path.cwd()
+    if settings.method.name == "self_distill":
+        return _run_chain(settings, out_dir, run_name or out_dir.name, sweep_dir, progress)
+    return _run_one(settings, out_dir, run_name or out_dir.name, sweep_dir, progress)[0]
+
+
+def _run_chain(settings, out_dir: Path, run_name: str, sweep_dir: Path | None, progress: bool):
+    """Self-distillation (Table 1): a baseline teacher unless method.teacher names one, then
+    method.rounds students, each taught by the previous run's best checkpoint; one MLflow run
+    each, linked by the tags round, teacher and chain (the first run's id)."""
+    from idistill.checkpoint import BEST
+    from idistill.config import ConfigError
+    from idistill.distill import teacher_checkpoint
+
+    m = settings.method
+    teacher = teacher_checkpoint(m.teacher, settings.tracking.uri) if m.teacher else None
+    if teacher is not None and m.rounds == 1:  # one student: an ordinary run
+        with_teacher = replace(settings, method=replace(m, teacher=str(teacher)))
+        return _run_one(with_teacher, out_dir, run_name, sweep_dir, progress)[0]
+    if settings.trainer.resume not in (False, None, "false"):
+        raise ConfigError(
+            "trainer.resume continues one run, not a self-distillation chain; continue the "
+            "chain round by round with method.teacher=<the last finished round's directory>"
+        )
+    chain: dict[str, str] = {}
+    for r in range(0 if teacher is None else 1, m.rounds + 1):
+        if r == 0:
+            method = replace(m, name="baseline", teacher=None)
+        else:
+            method = replace(m, teacher=str(teacher))
+        tags = {"round": str(r), "teacher": str(teacher or ""), **chain}
+        result, run_id = _run_one(
+            replace(settings, method=method),
+            out_dir / f"round{r}",
+            f"{run_name}/round{r}",
+            sweep_dir,
+            progress,
+            tags,
+        )
+        chain.setdefault("chain", run_id or "")
+        teacher = result.save_dir / BEST
+    return result
+
+
+def _run_one(
+    settings,
+    out_dir: Path,
+    run_name: str,
+    sweep_dir: Path | None,
+    progress: bool,
+    tags: dict[str, str] | None = None,
+):
+    """Train, evaluate and track one run; returns (RunResult, MLflow run id or None)."""
+    from idistill import train
+    from idistill.checkpoint import read_meta
+    from idistill.tracking import PARENT_RUN_FILE, make_tracker
+
     out_dir.mkdir(parents=True, exist_ok=True)
     roots = [Path.cwd() / "outputs", Path.cwd() / "multirun", out_dir.parent]
     resume = resume_dir(settings.trainer.resume, settings.config_hash(), roots)
@@ -69,7 +123,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
         settings.tracking.backend,
         settings.tracking.uri,
         settings.experiment_name,
-        run_name=run_name or out_dir.name,
+        run_name=run_name,
         parent_run_id=parent,
         run_id=meta.get("run_id") if meta else None,
         tags={
@@ -77,12 +131,16 @@ def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
             "lang": str(settings.lang),
             "method": settings.method.name,
             "config_hash": settings.config_hash(),
+            **(tags or {}),
         },
     )
     if resume is None:
         tracker.log_params(settings.to_dict())
-    if (out_dir / ".hydra").is_dir():
-        tracker.log_artifacts(out_dir / ".hydra", "hydra")
+    hydra_files = next(
+        (d / ".hydra" for d in (out_dir, out_dir.parent) if (d / ".hydra").is_dir()), None
+    )
+    if hydra_files is not None:
+        tracker.log_artifacts(hydra_files, "hydra")
     try:
         result = train.run(settings, out_dir, tracker, resume_dir=resume, progress=progress)
     except KeyboardInterrupt:
@@ -92,7 +150,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
         tracker.finish("FAILED")
         raise
     tracker.finish("FINISHED")
-    return result
+    return result, tracker.run_id
 
 
 @hydra.main(version_base="1.3", config_path="pkg://idistill.conf", config_name="config")
