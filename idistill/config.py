@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from idistill.losses import CLASSIFICATION_DIVERGENCES, DIVERGENCES
+from idistill.sage import OPTIMIZERS
 from idistill.schedule import validate_adaptive
 
 TASK_TYPES = ("translation", "classification", "regression")
@@ -37,6 +38,10 @@ class MethodSettings:
     p: float = 5.0
     q: float = 10.0
     total_updates: int = 50000
+    teacher: str | None = None  # self_distill: checkpoint, run directory or MLflow run id
+    rounds: int = 1  # self_distill: student rounds, each taught by the previous one
+    optimizer: str = "adamw"  # adamw | sage_adamw | sage_adamax (method=sage)
+    beta3: float = 0.75  # SAGE: EMA factor of the sensitivity
 
     @property
     def effective_k(self) -> int:
@@ -169,6 +174,18 @@ def validate(s: RunSettings) -> None:
     m, t = s.method, s.trainer
     _require(isinstance(m.k, int) and m.k >= 1, f"method.k must be >= 1 (got {m.k})")
     _require(m.alpha >= 0, f"method.alpha must be >= 0 (got {m.alpha})")
+    _require(
+        isinstance(m.rounds, int) and m.rounds >= 1, f"method.rounds must be >= 1 (got {m.rounds})"
+    )
+    _require(
+        m.optimizer in OPTIMIZERS,
+        f"method.optimizer must be one of {', '.join(OPTIMIZERS)} (got {m.optimizer!r})",
+    )
+    _require(0 <= m.beta3 < 1, f"method.beta3 must be in [0, 1) (got {m.beta3})")
+    _require(
+        m.teacher is None or m.name == "self_distill",
+        f"method.teacher is for method=self_distill (got method={m.name})",
+    )
     _require(m.passes in PASSES, f"method.passes must be one of {PASSES} (got {m.passes!r})")
     _require(
         m.divergence in DIVERGENCES,

@@ -20,10 +20,12 @@ from idistill.checkpoint import BEST, LAST, atomic_save, write_meta
 from idistill.config import RunSettings
 from idistill.data.batching import collate, token_batches
 from idistill.data.tasks import load_task
+from idistill.distill import CHECKPOINT_TAG, load_teacher, teacher_kl
 from idistill.evaluate import corpus_bleu, translate
 from idistill.intra import intra_distill_loss
 from idistill.losses import label_smoothed_nll_loss
 from idistill.models.transformer import Seq2SeqTransformer, TransformerConfig
+from idistill.sage import make_optimizer
 from idistill.schedule import alpha_at, inverse_sqrt_lr
 
 log = logging.getLogger(__name__)
@@ -61,9 +63,20 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_model(model_cfg: dict, vocab_size: int, pad_id: int) -> Seq2SeqTransformer:
-    """The seq2seq transformer of `model=` (transformer_small, transformer_tiny, ...)."""
-    fields = {k: v for k, v in model_cfg.items() if k != "name"}
-    return Seq2SeqTransformer(TransformerConfig(vocab_size=vocab_size, pad_id=pad_id, **fields))
+    """The seq2seq transformer of `model=` (transformer_small, switch_small, ...).
+
+    Every key but `name` is a TransformerConfig field; `experts` > 0 makes it a Switch model.
+    """
+    from dataclasses import fields as dataclass_fields
+
+    known = {f.name for f in dataclass_fields(TransformerConfig)} - {"vocab_size", "pad_id"}
+    values = {k: v for k, v in model_cfg.items() if k != "name"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown key model.{unknown[0]} (valid: name, {', '.join(sorted(known))})"
+        )
+    return Seq2SeqTransformer(TransformerConfig(vocab_size=vocab_size, pad_id=pad_id, **values))
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -129,6 +142,7 @@ def run(
     random.seed(s.seed)
     save_dir = resume_dir or Path(t.save_dir or out_dir / "checkpoints")
     save_dir.mkdir(parents=True, exist_ok=True)
+    tracker.set_tags({CHECKPOINT_TAG: str(save_dir.resolve())})  # a later teacher= finds it
 
     # ---- data
     data = load_task(s.task, s.lang, s.data_dir)
@@ -148,8 +162,9 @@ def run(
     model = build_model(s.model, tok.vocab_size, tok.pad_id).to(device)
     tracker.log_params({"model.parameters": model.num_parameters()})
     log.info("model: %.2fM parameters", model.num_parameters() / 1e6)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay
+    teacher = load_teacher(model, Path(m.teacher), device) if m.teacher else None
+    optimizer = make_optimizer(  # adamw, or SAGE's sensitivity-scaled variants (method=sage)
+        model, m.optimizer, t.lr, t.betas, 1e-8, t.weight_decay, beta3=m.beta3
     )
 
     update, epoch, batch_pos, best = 0, 1, 0, math.inf
@@ -230,6 +245,7 @@ def run(
         mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a batch job's log stays readable
     )
     window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "tokens": 0, "time": time.perf_counter()}
+    aux_window: dict[str, float] = {}
     last_validated = update if resume_dir is not None else -1
     done = update >= t.max_updates
     while not done and (t.max_epochs is None or epoch <= t.max_epochs):
@@ -249,6 +265,7 @@ def run(
             ntokens = sum(int(b["ntokens"]) for b in collated)
             optimizer.zero_grad(set_to_none=True)
             step_loss = step_ce = step_id = 0.0
+            step_aux: dict[str, float] = {}  # extra terms of the loss, logged as train/<name>
             for b in collated:
                 b = _to({k: b[k] for k in ("src_tokens", "prev_output_tokens", "target")}, device)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -262,8 +279,24 @@ def run(
                         passes=m.passes,
                         mask=b["target"] != tok.pad_id,
                     )
-                (res.loss / ntokens).backward()  # gradient of the per-token loss of the update
-                step_loss += res.loss.item()
+                    loss = res.loss
+                    balance = model.pop_balance_loss()  # switch models' routing loss; 0 if dense
+                    if model.cfg.experts:
+                        n_b = int(b["target"].ne(tok.pad_id).sum())  # sums over tokens, like loss
+                        loss = loss + model.cfg.balance_coef * balance * n_b
+                        step_aux["balance_loss"] = step_aux.get("balance_loss", 0.0) + (
+                            balance.item() * n_b
+                        )
+                    if teacher is not None:  # eq. 3: + KL(p_t || p_s), mean over the passes
+                        with torch.no_grad():
+                            t_logits = teacher(b["src_tokens"], b["prev_output_tokens"])
+                        mask = b["target"] != tok.pad_id
+                        kd = sum(teacher_kl(o, t_logits, mask) for o in res.outputs)
+                        kd = kd / len(res.outputs)
+                        loss = loss + kd
+                        step_aux["kd_loss"] = step_aux.get("kd_loss", 0.0) + kd.item()
+                (loss / ntokens).backward()  # gradient of the per-token loss of the update
+                step_loss += loss.item()
                 step_ce += float(res.task)
                 step_id += float(res.id_loss)
             if not math.isfinite(step_loss):
@@ -282,6 +315,8 @@ def run(
             window["ce"] += step_ce
             window["id"] += step_id
             window["tokens"] += ntokens
+            for name, value in step_aux.items():
+                aux_window[name] = aux_window.get(name, 0.0) + value
             bar.update(1)
             if update % t.log_every == 0 or done:
                 now = time.perf_counter()
@@ -293,6 +328,7 @@ def run(
                     "train/lr": lr,
                     "train/tokens_per_s": window["tokens"] / (now - window["time"]),
                 }
+                metrics |= {f"train/{k}": v / window["tokens"] for k, v in aux_window.items()}
                 tracker.log_metrics(metrics, step=update)
                 bar.set_postfix(
                     loss=f"{metrics['train/loss']:.3f}",
@@ -300,6 +336,7 @@ def run(
                     tok_s=f"{metrics['train/tokens_per_s']:.0f}",
                 )
                 window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "tokens": 0, "time": now}
+                aux_window = {}
             if t.validate_every and update % t.validate_every == 0:
                 checkpoint(run_validation())
                 last_validated = update
