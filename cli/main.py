@@ -63,38 +63,55 @@ def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
 def _run_chain(settings, out_dir: Path, run_name: str, sweep_dir: Path | None, progress: bool):
     """Self-distillation (Table 1): a baseline teacher unless method.teacher names one, then
     method.rounds students, each taught by the previous run's best checkpoint; one MLflow run
-    each, linked by the tags round, teacher and chain (the first run's id)."""
-    from idistill.checkpoint import BEST
+    each, linked by the tags round, teacher and chain (the first run's id).
+
+    trainer.resume=<the chain's run directory> continues a killed chain: finished rounds are
+    kept and the unfinished one continues from its last checkpoint.
+    """
+    from idistill.checkpoint import BEST, LAST, read_meta
     from idistill.config import ConfigError
     from idistill.distill import teacher_checkpoint
 
-    m = settings.method
+    m, t = settings.method, settings.trainer
     teacher = teacher_checkpoint(m.teacher, settings.tracking.uri) if m.teacher else None
     if teacher is not None and m.rounds == 1:  # one student: an ordinary run
         with_teacher = replace(settings, method=replace(m, teacher=str(teacher)))
         return _run_one(with_teacher, out_dir, run_name, sweep_dir, progress)[0]
-    if settings.trainer.resume not in (False, None, "false"):
-        raise ConfigError(
-            "trainer.resume continues one run, not a self-distillation chain; continue the "
-            "chain round by round with method.teacher=<the last finished round's directory>"
-        )
+    if t.resume not in (False, None, "false"):
+        if not Path(str(t.resume)).expanduser().is_dir():
+            raise ConfigError(
+                f"trainer.resume={t.resume}: a self-distillation chain continues from its run "
+                f"directory (the one holding round0/, round1/, ...): trainer.resume=<that dir>"
+            )
+        out_dir = Path(str(t.resume)).expanduser()
     chain: dict[str, str] = {}
+    result = None
     for r in range(0 if teacher is None else 1, m.rounds + 1):
-        if r == 0:
-            method = replace(m, name="baseline", teacher=None)
+        ckpts = (
+            Path(t.save_dir) / f"round{r}" if t.save_dir else out_dir / f"round{r}" / "checkpoints"
+        )
+        if r == 0:  # the teacher: plain training
+            method = replace(m, name="baseline", k=1, alpha=0.0, schedule="constant", teacher=None)
         else:
             method = replace(m, teacher=str(teacher))
-        tags = {"round": str(r), "teacher": str(teacher or ""), **chain}
-        result, run_id = _run_one(
-            replace(settings, method=method),
-            out_dir / f"round{r}",
-            f"{run_name}/round{r}",
-            sweep_dir,
-            progress,
-            tags,
-        )
+        meta = read_meta(ckpts)
+        if meta and meta.get("finished"):  # finished before the chain was stopped
+            log.info("round %d already finished in %s", r, ckpts)
+            run_id = meta.get("run_id")
+        else:
+            trainer = replace(
+                t, save_dir=str(ckpts), resume=str(ckpts) if (ckpts / LAST).is_file() else False
+            )
+            result, run_id = _run_one(
+                replace(settings, method=method, trainer=trainer),
+                out_dir / f"round{r}",
+                f"{run_name}/round{r}",
+                sweep_dir,
+                progress,
+                {"round": str(r), "teacher": str(teacher or ""), **chain},
+            )
         chain.setdefault("chain", run_id or "")
-        teacher = result.save_dir / BEST
+        teacher = ckpts / BEST
     return result
 
 
@@ -163,7 +180,7 @@ def _main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed; the sweep's parent run is marked FAILED
         raise SystemExit(f"idistill: {e}") from None
-    return result.test_bleu
+    return result.test_bleu if result is not None else None  # None: a chain had nothing left
 
 
 def main() -> None:

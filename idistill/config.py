@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from idistill.losses import CLASSIFICATION_DIVERGENCES, DIVERGENCES
+from idistill.models.transformer import model_config
 from idistill.sage import OPTIMIZERS
 from idistill.schedule import validate_adaptive
 
@@ -172,6 +173,10 @@ def settings_from_dict(cfg: dict[str, Any]) -> RunSettings:
 def validate(s: RunSettings) -> None:
     """Refuse settings that cannot work, naming the key and the fix; touches no data."""
     m, t = s.method, s.trainer
+    try:  # the model's keys and sizes, with a stand-in vocabulary (the real one comes with data)
+        model_config(s.model, vocab_size=64, pad_id=0)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
     _require(isinstance(m.k, int) and m.k >= 1, f"method.k must be >= 1 (got {m.k})")
     _require(m.alpha >= 0, f"method.alpha must be >= 0 (got {m.alpha})")
     _require(

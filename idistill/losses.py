@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 DIVERGENCES = ("x", "js", "jeffrey", "mse")
 CLASSIFICATION_DIVERGENCES = ("x", "js", "jeffrey")
@@ -55,13 +56,14 @@ def divergence(name: str, outputs: list[Tensor], mask: Tensor | None = None) -> 
     # not even through NaN * 0 in the backward pass.
     if mask is not None:
         outputs = [o[mask] for o in outputs]  # [M, V] or [M]
-    stacked = torch.stack(outputs).float()  # [K, ..., V] or [K, ...]
+    stacked = torch.stack(outputs)  # [K, ..., V] or [K, ...], in the outputs' dtype
 
     if name == "mse":
+        stacked = stacked.float()
         return (stacked - stacked.mean(0)).pow(2).sum() / k
 
     if name == "js":
-        logp = F.log_softmax(stacked, dim=-1)  # [K, ..., V]
+        logp = F.log_softmax(stacked.float(), dim=-1)  # [K, ..., V]
         log_pbar = torch.logsumexp(logp, dim=0) - math.log(k)  # [..., V]
         return (logp.exp() * (logp - log_pbar)).sum() / k
     x = _XDivergence.apply(stacked.reshape(k, -1, stacked.shape[-1]))  # [K, M, V] in
@@ -71,12 +73,15 @@ def divergence(name: str, outputs: list[Tensor], mask: Tensor | None = None) -> 
     return x if name == "x" else 2.0 * x
 
 
-CHUNK_ELEMENTS = 1 << 21  # ~8 MB of float32 per temporary: stays in cache, no page faults
+CHUNK_ELEMENTS = 1 << 21  # CPU: ~8 MB of float32 per temporary, cache-sized, no page faults
+CUDA_CHUNK_ELEMENTS = 1 << 26  # GPU: 256 MB per temporary, few kernel launches
 
 
-def _chunk(k: int, vocab: int) -> int:
-    """Positions per chunk of a [K, M, V] computation."""
-    return max(1, CHUNK_ELEMENTS // (k * vocab))
+def _chunk(logits: Tensor) -> int:
+    """Positions per chunk of a [K, M, V] computation on `logits`' device."""
+    k, _, vocab = logits.shape
+    elements = CUDA_CHUNK_ELEMENTS if logits.is_cuda else CHUNK_ELEMENTS
+    return max(1, elements // (k * vocab))
 
 
 class _XDivergence(torch.autograd.Function):
@@ -93,7 +98,7 @@ class _XDivergence(torch.autograd.Function):
     def forward(ctx, logits: Tensor) -> Tensor:
         k, m, v = logits.shape
         total = logits.new_zeros((), dtype=torch.float32)
-        step = _chunk(k, v)
+        step = _chunk(logits)
         for lo in range(0, m, step):
             logp = F.log_softmax(logits[:, lo : lo + step].float(), dim=-1)  # [K, c, V]
             log_pbar = torch.logsumexp(logp, dim=0) - math.log(k)  # [c, V]
@@ -102,12 +107,13 @@ class _XDivergence(torch.autograd.Function):
         return total / k
 
     @staticmethod
+    @once_differentiable  # the closed form is not itself differentiable (in-place below)
     def backward(ctx, grad_out: Tensor) -> Tensor:
         (logits,) = ctx.saved_tensors
         k, m, v = logits.shape
         grad = torch.empty_like(logits)  # [K, M, V]
         scale = grad_out.float() / k
-        step = _chunk(k, v)
+        step = _chunk(logits)
         for lo in range(0, m, step):
             hi = lo + step
             logp = F.log_softmax(logits[:, lo:hi].float(), dim=-1)  # [K, c, V]

@@ -24,7 +24,7 @@ from idistill.distill import CHECKPOINT_TAG, load_teacher, teacher_kl
 from idistill.evaluate import corpus_bleu, translate
 from idistill.intra import intra_distill_loss
 from idistill.losses import label_smoothed_nll_loss
-from idistill.models.transformer import Seq2SeqTransformer, TransformerConfig
+from idistill.models.transformer import Seq2SeqTransformer, model_config
 from idistill.sage import make_optimizer
 from idistill.schedule import alpha_at, inverse_sqrt_lr
 
@@ -63,20 +63,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_model(model_cfg: dict, vocab_size: int, pad_id: int) -> Seq2SeqTransformer:
-    """The seq2seq transformer of `model=` (transformer_small, switch_small, ...).
-
-    Every key but `name` is a TransformerConfig field; `experts` > 0 makes it a Switch model.
-    """
-    from dataclasses import fields as dataclass_fields
-
-    known = {f.name for f in dataclass_fields(TransformerConfig)} - {"vocab_size", "pad_id"}
-    values = {k: v for k, v in model_cfg.items() if k != "name"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown key model.{unknown[0]} (valid: name, {', '.join(sorted(known))})"
-        )
-    return Seq2SeqTransformer(TransformerConfig(vocab_size=vocab_size, pad_id=pad_id, **values))
+    """The seq2seq transformer of `model=` (transformer_small, switch_small, ...)."""
+    return Seq2SeqTransformer(model_config(model_cfg, vocab_size, pad_id))
 
 
 def _to(batch: dict, device: torch.device) -> dict:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -103,3 +106,43 @@ def test_two_rounds_run_a_teacher_and_two_students_linked_in_mlflow(tmp_path, ma
         assert by_round[student].data.params["method.teacher"] == tags["teacher"]
     assert "train/kd_loss" not in by_round["0"].data.metrics
     assert all(r.info.status == "FINISHED" for r in runs)
+
+    # a chain stopped during round 2 continues from its directory: rounds 0-1 are kept
+    meta_file = tmp_path / "out" / "round2" / "checkpoints" / "checkpoint_last.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "finished": False}))
+    kept = (tmp_path / "out" / "round1" / "checkpoints" / BEST).stat().st_mtime_ns
+    chain = [*SMALL_RUN, "method=self_distill", "method.rounds=2"]
+    resumed = make_cfg([*chain, f"trainer.resume={tmp_path / 'out'}"], tracking=True)
+    assert run(resumed, output_dir=tmp_path / "elsewhere", progress=False).updates == 6
+    assert (tmp_path / "out" / "round1" / "checkpoints" / BEST).stat().st_mtime_ns == kept
+    again = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(again) == 3 and all(r.info.status == "FINISHED" for r in again)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_chain_resumes_only_from_its_directory(tmp_path, make_cfg):
+    cfg = make_cfg([*SMALL_RUN, "method=self_distill", "trainer.resume=true"])
+    with pytest.raises(ConfigError, match="continues from its run directory"):
+        run(cfg, output_dir=tmp_path / "out", progress=False)
+
+
+def test_round_zero_is_plain_training_whatever_k_and_alpha_the_students_use(
+    tmp_path, make_cfg, monkeypatch
+):
+    import idistill.cli.main as cli
+
+    seen = []
+
+    def fake_run_one(settings, *args, **kwargs):
+        seen.append(settings.method)
+        return SimpleNamespace(test_bleu=None), "run-id"
+
+    monkeypatch.setattr(cli, "_run_one", fake_run_one)
+    cfg = make_cfg([*SMALL_RUN, "method=self_distill", "method.k=3", "method.alpha=2"])
+    run(cfg, output_dir=tmp_path / "out", progress=False)
+    teacher, student = seen
+    assert (teacher.name, teacher.k, teacher.alpha) == ("baseline", 1, 0.0)
+    assert teacher.schedule == "constant" and teacher.teacher is None
+    assert (student.name, student.k, student.alpha) == ("self_distill", 3, 2.0)
+    assert student.teacher == str(tmp_path / "out" / "round0" / "checkpoints" / BEST)

@@ -117,3 +117,18 @@ def test_rdrop_term_is_half_the_symmetric_kl_of_the_two_passes(make_cfg):
     kl21 = F.kl_div(logp1, logp2, log_target=True, reduction="sum")  # KL(p2 || p1)
     assert res.id_loss.item() == pytest.approx(0.5 * (kl12 + kl21).item(), rel=1e-5)
     assert res.alpha == 5.0
+
+
+def test_switch_logs_its_balance_loss(tmp_path, make_cfg):
+    from mlflow import MlflowClient
+
+    from idistill.cli.main import run
+
+    from conftest import SMALL_RUN
+
+    run(make_cfg([*SMALL_RUN, "method=switch"], tracking=True), tmp_path / "o", progress=False)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (r,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    layers, experts = 4, 4  # transformer_tiny: 2 + 2 switch layers; each loss in (0, E]
+    assert 0 < r.data.metrics["train/balance_loss"] <= layers * experts
+    assert r.data.tags["method"] == "switch"

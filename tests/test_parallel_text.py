@@ -74,6 +74,7 @@ def test_parallel_text_needs_a_source_folder(tmp_path):
         "src_lang": "de",
         "tgt_lang": "en",
         "source": None,
+        "vocab_size": 100,
     }
     with pytest.raises(ConfigError, match="needs task.source="):
         check_task(task)

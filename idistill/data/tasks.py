@@ -9,7 +9,7 @@ from typing import Any
 from idistill.config import ConfigError
 from idistill.data import parallel_text
 from idistill.data.synthetic import make_corpus
-from idistill.data.translation import TranslationData, prepare_translation
+from idistill.data.translation import TranslationData, check_settings, prepare_translation
 
 # loader name -> module with check(task, lang) and raw(task, lang, data_dir)
 MODULES = {"iwslt14": "idistill.data.iwslt", "wmt17": "idistill.data.wmt"}
@@ -28,6 +28,10 @@ def check_task(task: dict[str, Any], lang: str | None = None) -> None:
             f"task={task['name']} has its configuration but no data module in this version of "
             f"idistill yet; available loaders: {', '.join(LOADERS)}"
         )
+    try:
+        check_settings(**_tokenizer_settings(task))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if loader in MODULES:
         importlib.import_module(MODULES[loader]).check(task, lang)
     if loader == "parallel_text":
@@ -39,6 +43,17 @@ def check_task(task: dict[str, Any], lang: str | None = None) -> None:
             )
         if task.get("source") and not Path(task["source"]).expanduser().is_dir():
             raise ConfigError(f"task.source={task['source']} is not a directory")
+
+
+def _tokenizer_settings(task: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of check_settings / prepare_translation that come from `task`."""
+    return {
+        "vocab_size": task["vocab_size"],
+        "character_coverage": task.get("character_coverage", 1.0),
+        "max_len": task.get("max_len"),
+        "spm_train_on": task.get("spm_train_on", "train"),
+        "spm_max_sentences": task.get("spm_max_sentences"),
+    }
 
 
 def _raw(task: dict[str, Any], lang: str | None, data_dir: Path) -> dict[str, list]:
@@ -67,9 +82,5 @@ def load_task(task: dict[str, Any], lang: str | None, data_dir: Path) -> Transla
         data_dir=data_dir,
         name=task["name"] if lang is None else f"{task['name']}-{lang}",
         settings={**settings, "lang": lang},
-        vocab_size=task["vocab_size"],
-        character_coverage=task.get("character_coverage", 1.0),
-        max_len=task.get("max_len"),
-        spm_train_on=task.get("spm_train_on", "train"),
-        spm_max_sentences=task.get("spm_max_sentences"),
+        **_tokenizer_settings(task),
     )

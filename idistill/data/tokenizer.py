@@ -10,6 +10,18 @@ import sentencepiece as spm
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
+def check_spm_settings(
+    vocab_size: int, character_coverage: float, max_sentences: int | None = None
+) -> None:
+    """Raise ValueError, naming the task key, for settings sentencepiece cannot train with."""
+    if vocab_size < 8:
+        raise ValueError(f"task.vocab_size must be >= 8 (got {vocab_size})")
+    if not 0.0 < character_coverage <= 1.0:
+        raise ValueError(f"task.character_coverage must be in (0, 1] (got {character_coverage})")
+    if max_sentences is not None and max_sentences <= 100:  # sentencepiece's floor
+        raise ValueError(f"task.spm_max_sentences must be > 100 or null (got {max_sentences})")
+
+
 def train_sentencepiece(
     texts: Iterable[str],
     model_prefix: Path,
@@ -28,14 +40,7 @@ def train_sentencepiece(
     sentencepiece trains on a seeded random sample of at most that many sentences (it still
     reads them all, but keeps only the sample in memory): 9M WMT sentences need not all fit.
     """
-    if vocab_size < 8:
-        raise ValueError(f"task.vocab_size must be >= 8 (got {vocab_size})")
-    if not 0.0 < character_coverage <= 1.0:
-        raise ValueError(f"task.character_coverage must be in (0, 1] (got {character_coverage})")
-    if input_sentence_size is not None and input_sentence_size <= 100:  # sentencepiece's floor
-        raise ValueError(
-            f"task.spm_max_sentences must be > 100 or null (got {input_sentence_size})"
-        )
+    check_spm_settings(vocab_size, character_coverage, input_sentence_size)
     sampling = {}
     if input_sentence_size is not None:
         sampling = {"input_sentence_size": input_sentence_size, "shuffle_input_sentence": True}

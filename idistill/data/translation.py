@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from idistill.data.cache import cached
 from idistill.data.token_pairs import TokenPairs, id_dtype
-from idistill.data.tokenizer import Tokenizer, train_sentencepiece
+from idistill.data.tokenizer import Tokenizer, check_spm_settings, train_sentencepiece
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,24 @@ def load_translation(path: Path) -> TranslationData:
     )
 
 
+def check_settings(
+    vocab_size: int,
+    character_coverage: float,
+    max_len: int | None,
+    spm_train_on: str,
+    spm_max_sentences: int | None,
+) -> None:
+    """Raise ValueError, naming the task key, for settings prepare_translation cannot use."""
+    check_spm_settings(vocab_size, character_coverage, spm_max_sentences)
+    if max_len is not None and max_len < 1:
+        raise ValueError(f"task.max_len must be >= 1 or null (got {max_len})")
+    if spm_train_on not in SPM_TRAIN_ON:
+        raise ValueError(
+            f"task.spm_train_on must be one of {SPM_TRAIN_ON} (got {spm_train_on!r}): "
+            "train (sentencepiece sees the training text only) or all (every split's text)"
+        )
+
+
 def prepare_translation(
     raw: dict[str, list[tuple[str, str]]],
     *,
@@ -225,13 +243,7 @@ def prepare_translation(
     the files and trains nothing.
     """
     _check_raw(raw)
-    if max_len is not None and max_len < 1:
-        raise ValueError(f"task.max_len must be >= 1 or null (got {max_len})")
-    if spm_train_on not in SPM_TRAIN_ON:
-        raise ValueError(
-            f"task.spm_train_on must be one of {SPM_TRAIN_ON} (got {spm_train_on!r}): "
-            "train (sentencepiece sees the training text only) or all (every split's text)"
-        )
+    check_settings(vocab_size, character_coverage, max_len, spm_train_on, spm_max_sentences)
     key = {
         **settings,
         "vocab_size": vocab_size,

@@ -10,7 +10,7 @@ and `pop_balance_loss` gives the load-balancing loss the training step adds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,19 @@ class TransformerConfig:
                 raise ValueError(f"model.{key} must be > 0 (got {value}); null means no limit")
         if self.balance_coef < 0:
             raise ValueError(f"model.balance_coef must be >= 0 (got {self.balance_coef})")
+
+
+def model_config(model_cfg: dict, vocab_size: int, pad_id: int) -> TransformerConfig:
+    """TransformerConfig from a `model=` config: every key but `name` is a field of it, and
+    `experts` > 0 makes it a Switch model. Unknown keys and bad values raise ValueError."""
+    known = {f.name for f in fields(TransformerConfig)} - {"vocab_size", "pad_id"}
+    values = {k: v for k, v in model_cfg.items() if k != "name"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown key model.{unknown[0]} (valid: name, {', '.join(sorted(known))})"
+        )
+    return TransformerConfig(vocab_size=vocab_size, pad_id=pad_id, **values)
 
 
 PRESETS: dict[str, dict] = {
