@@ -34,7 +34,7 @@ from typing import Any
 
 from idistill.config import ConfigError
 from idistill.data.cache import cached, file_sha256, read_manifest
-from idistill.data.parallel_text import DataSourceError
+from idistill.data.parallel_text import DataSourceError, read_lines, split_lines
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,11 @@ def raw(task: dict[str, Any], lang: str, data_dir: Path) -> dict[str, list[tuple
     folder = cached(data_dir, "iwslt14-text", settings, lambda out: _build(location, lang, out))
     data = {
         split: list(
-            zip(_read(folder / f"{split}.{lang}"), _read(folder / f"{split}.{TGT}"), strict=True)
+            zip(
+                read_lines(folder / f"{split}.{lang}"),
+                read_lines(folder / f"{split}.{TGT}"),
+                strict=True,
+            )
         )
         for split in SPLITS
     }
@@ -150,7 +154,7 @@ def seg_lines(xml: str) -> list[str]:
     """The test sentences of one IWSLT XML file: `<seg id>` lines, tags off, ’ -> ', lowercased."""
     return [
         SEG_CLOSE.sub("", SEG_OPEN.sub("", line)).replace("\u2019", "'").lower().strip()
-        for line in _lines(xml)
+        for line in split_lines(xml)
         if "<seg id" in line
     ]
 
@@ -186,7 +190,7 @@ def _build(location: Path, lang: str, out: Path) -> None:
     """Write {train,valid,test}.{lang,en} and stats.json into `out` from the release files."""
     pair = f"{lang}-{TGT}"
     files = _read_pair(location, lang)
-    sides = [_lines(_text(files, f"train.tags.{pair}.{x}")) for x in (lang, TGT)]
+    sides = [split_lines(_text(files, f"train.tags.{pair}.{x}")) for x in (lang, TGT)]
     kept = [strip_metadata(side) for side in sides]
     if len(kept[0]) != len(kept[1]):
         raise DataSourceError(
@@ -222,17 +226,6 @@ def _build(location: Path, lang: str, out: Path) -> None:
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=1))
     log.info("IWSLT'14 %s from %s: %s", pair, location, stats)
-
-
-def _lines(text: str) -> list[str]:
-    """Lines as Perl and awk see them: split at "\n" only (TED text holds U+2028 and friends,
-    which splitlines() would break at), no empty line after the final newline."""
-    lines = text.split("\n")
-    return lines[:-1] if lines[-1] == "" else lines
-
-
-def _read(path: Path) -> list[str]:
-    return _lines(path.read_text(encoding="utf-8"))
 
 
 def _text(files: dict[str, bytes], name: str) -> str:

@@ -39,6 +39,18 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines as Perl and awk see them: split at "\n" only (text can hold U+2028, U+0085 and
+    friends, at which str.splitlines() would break a sentence), no empty line after the last."""
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, split at "\n" only (see split_lines)."""
+    return split_lines(Path(path).read_text(encoding="utf-8"))
+
+
 def read_parallel(
     folder: Path, src: str, tgt: str, splits: dict[str, str], sha256: dict[str, str] | None = None
 ) -> dict[str, list[tuple[str, str]]]:
@@ -62,8 +74,7 @@ def read_parallel(
             )
     raw = {}
     for split in splits:
-        src_lines = paths[split, src].read_text(encoding="utf-8").splitlines()
-        tgt_lines = paths[split, tgt].read_text(encoding="utf-8").splitlines()
+        src_lines, tgt_lines = read_lines(paths[split, src]), read_lines(paths[split, tgt])
         if len(src_lines) != len(tgt_lines):
             raise DataSourceError(
                 f"{paths[split, src]} has {len(src_lines)} lines but {paths[split, tgt]} has "

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from idistill.data.cache import cached
+from idistill.data.parallel_text import read_lines
 from idistill.data.token_pairs import TokenPairs, id_dtype
 from idistill.data.tokenizer import Tokenizer, check_spm_settings, train_sentencepiece
 
@@ -50,7 +51,7 @@ class SplitText(Mapping):
         if split not in self._sizes:
             raise KeyError(split)
         if split not in self._loaded:
-            lines = _read_lines(self._path / f"{split}.{self._suffix}")
+            lines = read_lines(self._path / f"{split}.{self._suffix}")
             if len(lines) != self._sizes[split]:
                 raise ValueError(
                     f"{self._path}: {split}.{self._suffix} has {len(lines)} lines for "
@@ -103,11 +104,6 @@ def _check_raw(raw: dict[str, list[tuple[str, str]]]) -> None:
 def _write_lines(path: Path, lines) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.writelines(line + "\n" for line in lines)
-
-
-def _read_lines(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8")
-    return text.split("\n")[:-1] if text else []
 
 
 def _encode(tok: Tokenizer, pairs: list[tuple[str, str]], desc: str) -> TokenPairs:

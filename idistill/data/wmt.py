@@ -34,7 +34,7 @@ import numpy as np
 
 from idistill.config import ConfigError
 from idistill.data.cache import cached, file_sha256
-from idistill.data.parallel_text import DataSourceError
+from idistill.data.parallel_text import DataSourceError, split_lines
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ def _read_lines(path: Path, normalized: bool) -> list[str]:
     with open(path, encoding="utf-8", newline="\n") as f:
         if not normalized:
             return [normalize(line) for line in f]
-        text = f.read()  # our own cache: one line per sentence already
-    return text.split("\n")[:-1] if text else []
+        return split_lines(f.read())  # our own cache: one line per sentence already
 
 
 def read_pairs(src_path: Path, tgt_path: Path, normalized: bool = False) -> list[tuple[str, str]]:
