@@ -77,7 +77,8 @@ def _run_chain(settings, out_dir: Path, run_name: str, sweep_dir: Path | None, p
     if teacher is not None and m.rounds == 1:  # one student: an ordinary run
         with_teacher = replace(settings, method=replace(m, teacher=str(teacher)))
         return _run_one(with_teacher, out_dir, run_name, sweep_dir, progress)[0]
-    if t.resume not in (False, None, "false"):
+    resuming = t.resume not in (False, None, "false")
+    if resuming:
         if not Path(str(t.resume)).expanduser().is_dir():
             raise ConfigError(
                 f"trainer.resume={t.resume}: a self-distillation chain continues from its run "
@@ -94,14 +95,13 @@ def _run_chain(settings, out_dir: Path, run_name: str, sweep_dir: Path | None, p
             method = replace(m, name="baseline", k=1, alpha=0.0, schedule="constant", teacher=None)
         else:
             method = replace(m, teacher=str(teacher))
-        meta = read_meta(ckpts)
+        meta = read_meta(ckpts) if resuming else None
         if meta and meta.get("finished"):  # finished before the chain was stopped
             log.info("round %d already finished in %s", r, ckpts)
             run_id = meta.get("run_id")
         else:
-            trainer = replace(
-                t, save_dir=str(ckpts), resume=str(ckpts) if (ckpts / LAST).is_file() else False
-            )
+            resume = str(ckpts) if resuming and (ckpts / LAST).is_file() else False
+            trainer = replace(t, save_dir=str(ckpts), resume=resume)
             result, run_id = _run_one(
                 replace(settings, method=method, trainer=trainer),
                 out_dir / f"round{r}",
