@@ -62,15 +62,11 @@ def divergence(name: str, outputs: list[Tensor], mask: Tensor | None = None) -> 
         stacked = stacked.float()
         return (stacked - stacked.mean(0)).pow(2).sum() / k
 
-    if name == "js":
-        logp = F.log_softmax(stacked.float(), dim=-1)  # [K, ..., V]
-        log_pbar = torch.logsumexp(logp, dim=0) - math.log(k)  # [..., V]
-        return (logp.exp() * (logp - log_pbar)).sum() / k
-    x = _XDivergence.apply(stacked.reshape(k, -1, stacked.shape[-1]))  # [K, M, V] in
+    value = _FusedDivergence.apply(stacked.reshape(k, -1, stacked.shape[-1]), name == "js")
     # Since sum_i (p_i - p_bar) = 0, x = (1/K) sum_i sum_v (p_i - p_bar) log p_i
     # = (1/K^2) sum_ij KL(p_i||p_j), so the symmetric pairwise sum is exactly twice x.
     # This avoids a [K, K, ..., V] tensor; tests check it against the explicit pairwise sum.
-    return x if name == "x" else 2.0 * x
+    return 2.0 * value if name == "jeffrey" else value
 
 
 CHUNK_ELEMENTS = 1 << 21  # CPU: ~8 MB of float32 per temporary, cache-sized, no page faults
@@ -84,33 +80,37 @@ def _chunk(logits: Tensor) -> int:
     return max(1, elements // (k * vocab))
 
 
-class _XDivergence(torch.autograd.Function):
-    """X divergence (eq. 8) of logits [K, M, V], summed over M, in chunks of positions.
+class _FusedDivergence(torch.autograd.Function):
+    """X (eq. 8) or JS divergence of logits [K, M, V], summed over M, in chunks of positions.
 
-    Autograd through the plain formula keeps about ten [K, M, V] float32 tensors alive for
+    Autograd through the plain formulas keeps about ten [K, M, V] float32 tensors alive for
     the backward pass; here the forward keeps only the logits and the backward recomputes
-    each chunk and applies the closed-form gradient, with l_i = log p_i and
-    L = (1/K) sum_i l_i, S_i = sum_v p_i (l_i - L):
-        dX/dz_i = (1/K) [p_i (l_i - L - S_i + 1) - p_bar]
+    each chunk and applies the closed-form gradient. With l_i = log p_i, p_bar = mean_i p_i:
+      X:  with L = (1/K) sum_i l_i, S_i = sum_v p_i (l_i - L):
+          dX/dz_i  = (1/K) [p_i (l_i - L - S_i + 1) - p_bar]
+      JS: with l_bar = log p_bar, KL_i = sum_v p_i (l_i - l_bar):
+          dJS/dz_i = (1/K) p_i (l_i - l_bar - KL_i)
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor) -> Tensor:
-        k, m, v = logits.shape
+    def forward(ctx, logits: Tensor, js: bool) -> Tensor:
+        k, m, _ = logits.shape
         total = logits.new_zeros((), dtype=torch.float32)
         step = _chunk(logits)
         for lo in range(0, m, step):
             logp = F.log_softmax(logits[:, lo : lo + step].float(), dim=-1)  # [K, c, V]
             log_pbar = torch.logsumexp(logp, dim=0) - math.log(k)  # [c, V]
-            total += ((logp.exp() - log_pbar.exp()) * (logp - log_pbar)).sum()
+            weight = logp.exp() if js else logp.exp() - log_pbar.exp()  # p_i or p_i - p_bar
+            total += (weight * (logp - log_pbar)).sum()
         ctx.save_for_backward(logits)
+        ctx.js = js
         return total / k
 
     @staticmethod
     @once_differentiable  # the closed form is not itself differentiable (in-place below)
-    def backward(ctx, grad_out: Tensor) -> Tensor:
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:
         (logits,) = ctx.saved_tensors
-        k, m, v = logits.shape
+        k, m, _ = logits.shape
         grad = torch.empty_like(logits)  # [K, M, V]
         scale = grad_out.float() / k
         step = _chunk(logits)
@@ -118,11 +118,14 @@ class _XDivergence(torch.autograd.Function):
             hi = lo + step
             logp = F.log_softmax(logits[:, lo:hi].float(), dim=-1)  # [K, c, V]
             p = logp.exp()
-            logp -= logp.mean(0)  # l_i - L, in place
-            s = (p * logp).sum(-1, keepdim=True)  # [K, c, 1]
-            g = p * (logp - s + 1.0) - p.mean(0)
+            if ctx.js:
+                logp -= torch.logsumexp(logp, dim=0) - math.log(k)  # l_i - l_bar, in place
+                g = p * (logp - (p * logp).sum(-1, keepdim=True))
+            else:
+                logp -= logp.mean(0)  # l_i - L, in place
+                g = p * (logp - (p * logp).sum(-1, keepdim=True) + 1.0) - p.mean(0)
             grad[:, lo:hi] = g * scale
-        return grad
+        return grad, None
 
 
 def label_smoothed_nll_loss(

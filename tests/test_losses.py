@@ -191,24 +191,28 @@ def test_label_smoothed_nll_is_float32_for_bf16_logits():
     assert loss.dtype == nll.dtype == torch.float32
 
 
-def _x_by_autograd(logits: torch.Tensor) -> torch.Tensor:
-    """The X divergence through plain autograd in float64: the reference for the fused one."""
+def _by_autograd(name: str, logits: torch.Tensor) -> torch.Tensor:
+    """X or JS through plain autograd in float64: the reference for the fused ones."""
     logp = torch.log_softmax(logits.double(), dim=-1)
     log_pbar = torch.logsumexp(logp, dim=0) - math.log(logits.shape[0])
-    return ((logp.exp() - log_pbar.exp()) * (logp - log_pbar)).sum() / logits.shape[0]
+    weight = logp.exp() if name == "js" else logp.exp() - log_pbar.exp()
+    return (weight * (logp - log_pbar)).sum() / logits.shape[0]
 
 
+@pytest.mark.parametrize("name", ["x", "js"])
 @pytest.mark.parametrize("chunk_elements", [1, 7, 1 << 21])
 @pytest.mark.parametrize("k", [2, 3])
-def test_fused_x_value_and_gradient_match_autograd_across_chunks(monkeypatch, chunk_elements, k):
+def test_fused_value_and_gradient_match_autograd_across_chunks(
+    monkeypatch, name, chunk_elements, k
+):
     monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(k)
     logits = (3 * torch.randn(k, 2, 5, 11)).requires_grad_()
     mask = torch.tensor([[True, True, False, True, True], [True, False, True, True, False]])
-    value = divergence("x", list(logits), mask)
+    value = divergence(name, list(logits), mask)
     value.backward(torch.tensor(0.7))
     ref_logits = logits.detach().clone().requires_grad_()
-    ref = _x_by_autograd(ref_logits[:, mask])
+    ref = _by_autograd(name, ref_logits[:, mask])
     (0.7 * ref).backward()
     assert value.item() == pytest.approx(ref.item(), rel=1e-5)
     torch.testing.assert_close(logits.grad, ref_logits.grad.float(), rtol=1e-4, atol=1e-6)
