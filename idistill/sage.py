@@ -45,7 +45,10 @@ OPTIMIZERS = ("adamw", "sage_adamw", "sage_adamax")
 
 
 class _SageBase(torch.optim.Optimizer):
-    """Shared group checks and the sensitivity ratio; subclasses write the base step."""
+    """Shared group checks, the update loop and the sensitivity ratio; subclasses name their
+    two moment buffers (`BUFFERS`) and write the per-parameter `_update`."""
+
+    BUFFERS: tuple[str, str]
 
     def __init__(self, params, lr, betas, eps, weight_decay, beta3, sage):
         defaults = dict(
@@ -97,14 +100,30 @@ class _SageBase(torch.optim.Optimizer):
         ibar = exp_avg_ipt / correction  # same shape as the parameter
         return (ipt - ibar).abs_().div_(ibar.add_(eps**2))
 
-    def _grads(self, group: dict):
-        """(param, grad) pairs of a group, skipping parameters without a gradient."""
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            yield p, p.grad
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    for name in self.BUFFERS:
+                        state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                self._update(p, p.grad, state, group)
+        return loss
+
+    def _update(self, p: Tensor, grad: Tensor, state: dict, group: dict) -> None:
+        raise NotImplementedError
 
 
 class SageAdamW(_SageBase):
@@ -133,39 +152,24 @@ class SageAdamW(_SageBase):
     ):
         super().__init__(params, lr, betas, eps, weight_decay, beta3, sage)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-            wd, beta3, sage = group["weight_decay"], group["beta3"], group["sage"]
-            for p, grad in self._grads(group):
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t = state["step"]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    BUFFERS = ("exp_avg", "exp_avg_sq")
 
-                ipt = (p * grad).abs() if sage else None  # I_t from theta_{t-1}, before decay
-                if wd != 0:
-                    p.mul_(1 - lr * wd)
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                step_size = lr / (1 - beta1**t)
-                denom = (exp_avg_sq.sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
-                if sage:
-                    ratio = self._sensitivity_ratio(state, ipt, beta3, eps, 1 - beta3**t)
-                    p.addcdiv_(exp_avg * ratio, denom, value=-step_size)
-                else:
-                    p.addcdiv_(exp_avg, denom, value=-step_size)
-        return loss
+    def _update(self, p: Tensor, grad: Tensor, state: dict, group: dict) -> None:
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        wd, beta3, sage = group["weight_decay"], group["beta3"], group["sage"]
+        t, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        ipt = (p * grad).abs() if sage else None  # I_t from theta_{t-1}, before decay
+        if wd != 0:
+            p.mul_(1 - lr * wd)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = lr / (1 - beta1**t)
+        denom = (exp_avg_sq.sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
+        if sage:
+            ratio = self._sensitivity_ratio(state, ipt, beta3, eps, 1 - beta3**t)
+            p.addcdiv_(exp_avg * ratio, denom, value=-step_size)
+        else:
+            p.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 class SageAdamax(_SageBase):
@@ -194,35 +198,21 @@ class SageAdamax(_SageBase):
     ):
         super().__init__(params, lr, betas, eps, weight_decay, beta3, sage)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-            wd, beta3, sage = group["weight_decay"], group["beta3"], group["sage"]
-            for p, grad in self._grads(group):
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_inf"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1  # kept for inspection; Adamax-SAGE has no bias correction
-                exp_avg, exp_inf = state["exp_avg"], state["exp_inf"]
+    BUFFERS = ("exp_avg", "exp_inf")  # step is kept for inspection: no bias correction here
 
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf)
-                update = exp_avg / (exp_inf + eps)  # same shape as p
-                if wd > 0:
-                    update.add_(p, alpha=wd)
-                if sage:
-                    ipt = (p * grad).abs()  # theta is still theta_{t-1} here
-                    update.mul_(self._sensitivity_ratio(state, ipt, beta3, eps, 1.0))
-                p.add_(update, alpha=-lr)
-        return loss
+    def _update(self, p: Tensor, grad: Tensor, state: dict, group: dict) -> None:
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        wd, beta3, sage = group["weight_decay"], group["beta3"], group["sage"]
+        exp_avg, exp_inf = state["exp_avg"], state["exp_inf"]
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf)
+        update = exp_avg / (exp_inf + eps)  # same shape as p
+        if wd > 0:
+            update.add_(p, alpha=wd)
+        if sage:
+            ipt = (p * grad).abs()  # theta is still theta_{t-1} here
+            update.mul_(self._sensitivity_ratio(state, ipt, beta3, eps, 1.0))
+        p.add_(update, alpha=-lr)
 
 
 def sage_param_groups(model: nn.Module) -> list[dict]:

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from idistill.sage import SageAdamax, SageAdamW, make_optimizer, sage_param_groups
 from idistill.train import build_model
 
-TINY = {  # conf/model/transformer_tiny.yaml
-    "name": "transformer",
-    "embed_dim": 128,
-    "ffn_dim": 256,
-    "heads": 4,
-    "encoder_layers": 2,
-    "decoder_layers": 2,
-    "dropout": 0.1,
-    "attention_dropout": 0.0,
-    "activation_dropout": 0.0,
-    "share_all_embeddings": False,
-    "max_positions": 1024,
-}
+TINY = OmegaConf.to_container(
+    OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "transformer_tiny.yaml")
+)
 MINI = {**TINY, "embed_dim": 16, "ffn_dim": 32, "heads": 2}  # cheap forward/backward
 HALVES = dict(lr=0.1, betas=(0.5, 0.5), beta3=0.5, eps=1e-8)
 
