@@ -254,8 +254,10 @@ def run(
             optimizer.zero_grad(set_to_none=True)
             step_loss = step_ce = step_id = 0.0
             step_aux: dict[str, float] = {}  # extra terms of the loss, logged as train/<name>
-            for b in collated:
-                b = _to({k: b[k] for k in ("src_tokens", "prev_output_tokens", "target")}, device)
+            for c in collated:
+                b = _to({k: c[k] for k in ("src_tokens", "prev_output_tokens", "target")}, device)
+                n_b = int(c["ntokens"])  # this batch's target tokens (on the CPU: no sync)
+                mask = b["target"] != tok.pad_id  # [B, T] the positions that count
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     res = intra_distill_loss(
                         forward,
@@ -265,12 +267,11 @@ def run(
                         alpha=alpha,
                         divergence=m.divergence,
                         passes=m.passes,
-                        mask=b["target"] != tok.pad_id,
+                        mask=mask,
                     )
                     loss = res.loss
                     balance = model.pop_balance_loss()  # switch models' routing loss; 0 if dense
-                    if model.cfg.experts:
-                        n_b = int(b["target"].ne(tok.pad_id).sum())  # sums over tokens, like loss
+                    if model.cfg.experts:  # the loss sums over tokens: weigh by n_b
                         loss = loss + model.cfg.balance_coef * balance * n_b
                         step_aux["balance_loss"] = step_aux.get("balance_loss", 0.0) + (
                             balance.item() * n_b
@@ -278,7 +279,6 @@ def run(
                     if teacher is not None:  # eq. 3: + KL(p_t || p_s), mean over the passes
                         with torch.no_grad():
                             t_logits = teacher(b["src_tokens"], b["prev_output_tokens"])
-                        mask = b["target"] != tok.pad_id
                         kd = sum(teacher_kl(o, t_logits, mask) for o in res.outputs)
                         kd = kd / len(res.outputs)
                         loss = loss + kd
