@@ -1,0 +1,67 @@
+"""What an NLU task module (GLUE, WikiANN NER, TyDiQA) hands the fine-tuning loop.
+
+A task module `idistill.data.<name>` provides
+
+    check(task: dict) -> None                       # refuse bad settings before any work
+    load(task: dict, tokenizer, data_dir: Path) -> NLUData
+
+where `tokenizer` is the Hugging Face tokenizer of `model.name_or_path`. The loop only knows
+the four heads below; everything task-specific (reading files, sub-token labels, windows over
+long contexts, turning raw predictions into the task's metric) stays in the task module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# head -> what the model returns per example, and what a feature's labels hold
+#   classification  logits [C]            "labels": int class id
+#   regression      value  []             "labels": float
+#   tokens          logits [T, C]         "labels": [T] int, -100 where a position is not scored
+#   span            logits [T, 2]         "start_positions", "end_positions": int; "context_mask":
+#                   (start, end)          [T] 1 where an answer may start/end (context + [CLS])
+HEADS = ("classification", "regression", "tokens", "span")
+
+Feature = dict[str, Any]  # "input_ids", "attention_mask", optional "token_type_ids", labels
+
+
+@dataclass
+class EvalSet:
+    """An evaluation split: its features and how raw predictions become the task's metrics.
+
+    score(predictions) -> {"accuracy": ..., "f1": ...}; `predictions` holds one numpy array per
+    feature, in order: the head's output for that feature without padding ([C], [], [T, C],
+    [T, 2]).
+    """
+
+    features: list[Feature]
+    score: Callable[[list[Any]], dict[str, float]]
+
+
+@dataclass
+class NLUData:
+    """Tokenized features of one NLU task, ready for the loop."""
+
+    head: str
+    num_labels: int  # classes (classification, tokens); 1 (regression); 2 (span)
+    train: list[Feature]
+    evals: dict[str, EvalSet]  # "dev", "test", "dev/de", "test/de", ...
+    select_on: str  # the eval set whose `metric` picks the best checkpoint, e.g. "dev/en"
+    metric: str  # higher is better, e.g. "accuracy", "f1", "pearson"
+    label_names: list[str] = field(default_factory=list)
+
+
+# task.loader (default task.name) -> module
+NLU_MODULES = {
+    "glue": "idistill.data.glue",
+    "ner": "idistill.data.panx",
+    "tydiqa": "idistill.data.tydiqa",
+}
+
+
+def nlu_module(task: dict[str, Any]):
+    """The data module of an NLU task."""
+    return importlib.import_module(NLU_MODULES[task.get("loader", task["name"])])
