@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from idistill.checkpoint import BEST, LAST, atomic_save, write_meta
-from idistill.config import RunSettings
+from idistill.config import MethodSettings, RunSettings
 from idistill.data.batching import collate, token_batches
 from idistill.data.tasks import load_task
 from idistill.distill import CHECKPOINT_TAG, load_teacher, teacher_kl
@@ -98,6 +99,93 @@ def validate(model, examples, tokenizer, max_tokens, device, amp, label_smoothin
         "nll_loss": nll_sum / ntok,
         "ppl": math.exp(min(nll_sum / ntok, 50.0)),
     }
+
+
+@dataclass
+class StepStats:
+    """One update's loss terms, summed over its target tokens (all ranks under DDP)."""
+
+    loss: float
+    ce: float
+    id_loss: float
+    ntokens: int
+    aux: dict[str, float]  # extra loss terms (balance_loss, kd_loss), logged as train/<name>
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: list[dict],
+    *,
+    method: MethodSettings,
+    alpha: float,
+    pad_id: int,
+    label_smoothing: float,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    clip_norm: float = 0.0,
+    teacher: torch.nn.Module | None = None,
+) -> StepStats:
+    """One optimizer update over `batches` (collated, on the CPU; gradient accumulation).
+
+    Each batch gets the K-pass loss of `idistill.intra` (plus the switch balance loss and the
+    self-distillation KL when they apply); the gradient is that of the summed loss divided by
+    the update's target tokens, then clipped (clip_norm > 0) and applied.
+    """
+    core = model.module if hasattr(model, "module") else model  # the DDP-wrapped model
+    ntokens = sum(int(b["ntokens"]) for b in batches)
+
+    def task_loss(logits, batch):  # summed label-smoothed CE over target tokens
+        return label_smoothed_nll_loss(logits, batch["target"], label_smoothing, pad_id)[0]
+
+    def forward(batch):
+        return model(batch["src_tokens"], batch["prev_output_tokens"])  # [B, T, V]
+
+    optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, Tensor] = {}  # summed on the device: one host sync per update, not per batch
+
+    def add(name: str, value: Tensor) -> None:
+        sums[name] = sums.get(name, 0.0) + value.detach().float()
+
+    for c in batches:
+        b = _to({k: c[k] for k in ("src_tokens", "prev_output_tokens", "target")}, device)
+        n_b = int(c["ntokens"])  # this batch's target tokens (on the CPU: no sync)
+        mask = b["target"] != pad_id  # [B, T] the positions that count
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            res = intra_distill_loss(
+                forward,
+                b,
+                task_loss,
+                k=method.effective_k,
+                alpha=alpha,
+                divergence=method.divergence,
+                passes=method.passes,
+                mask=mask,
+            )
+            loss = res.loss
+            if core.cfg.experts:  # switch models' routing loss; the loss sums over tokens
+                balance = core.pop_balance_loss() * n_b
+                loss = loss + core.cfg.balance_coef * balance
+                add("balance_loss", balance)
+            if teacher is not None:  # eq. 3: + KL(p_t || p_s), mean over the passes
+                with torch.no_grad():
+                    t_logits = teacher(b["src_tokens"], b["prev_output_tokens"])
+                kd = sum(teacher_kl(o, t_logits, mask) for o in res.outputs) / len(res.outputs)
+                loss = loss + kd
+                add("kd_loss", kd)
+        (loss / ntokens).backward()  # gradient of the per-token loss of the update
+        add("loss", loss)
+        add("ce", res.task)
+        add("id", res.id_loss)
+
+    values = {name: v.item() for name, v in sums.items()}
+    if not math.isfinite(values["loss"]):
+        raise NonFiniteLoss(f"non-finite loss ({values['loss']})")
+    if clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    loss, ce, id_loss = values.pop("loss"), values.pop("ce"), values.pop("id")
+    return StepStats(loss, ce, id_loss, ntokens, values)
 
 
 def _rng_state() -> dict:
@@ -215,12 +303,6 @@ def run(
         )
         return v["loss"]
 
-    def task_loss(logits, batch):  # summed label-smoothed CE over target tokens
-        return label_smoothed_nll_loss(logits, batch["target"], t.label_smoothing, tok.pad_id)[0]
-
-    def forward(batch):
-        return model(batch["src_tokens"], batch["prev_output_tokens"])  # [B, T, V]
-
     # ---- the loop
     model.train()
     bar = tqdm(
@@ -250,60 +332,33 @@ def run(
                 collate([train_set[i] for i in idx], tok.pad_id, tok.bos_id, tok.eos_id)
                 for idx in group
             ]
-            ntokens = sum(int(b["ntokens"]) for b in collated)
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = step_ce = step_id = 0.0
-            step_aux: dict[str, float] = {}  # extra terms of the loss, logged as train/<name>
-            for c in collated:
-                b = _to({k: c[k] for k in ("src_tokens", "prev_output_tokens", "target")}, device)
-                n_b = int(c["ntokens"])  # this batch's target tokens (on the CPU: no sync)
-                mask = b["target"] != tok.pad_id  # [B, T] the positions that count
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    res = intra_distill_loss(
-                        forward,
-                        b,
-                        task_loss,
-                        k=m.effective_k,
-                        alpha=alpha,
-                        divergence=m.divergence,
-                        passes=m.passes,
-                        mask=mask,
-                    )
-                    loss = res.loss
-                    balance = model.pop_balance_loss()  # switch models' routing loss; 0 if dense
-                    if model.cfg.experts:  # the loss sums over tokens: weigh by n_b
-                        loss = loss + model.cfg.balance_coef * balance * n_b
-                        step_aux["balance_loss"] = step_aux.get("balance_loss", 0.0) + (
-                            balance.item() * n_b
-                        )
-                    if teacher is not None:  # eq. 3: + KL(p_t || p_s), mean over the passes
-                        with torch.no_grad():
-                            t_logits = teacher(b["src_tokens"], b["prev_output_tokens"])
-                        kd = sum(teacher_kl(o, t_logits, mask) for o in res.outputs)
-                        kd = kd / len(res.outputs)
-                        loss = loss + kd
-                        step_aux["kd_loss"] = step_aux.get("kd_loss", 0.0) + kd.item()
-                (loss / ntokens).backward()  # gradient of the per-token loss of the update
-                step_loss += loss.item()
-                step_ce += float(res.task)
-                step_id += float(res.id_loss)
-            if not math.isfinite(step_loss):
-                raise NonFiniteLoss(
-                    f"non-finite loss ({step_loss}) at update {update + 1}; the last good "
-                    f"checkpoint is kept in {save_dir}"
+            try:
+                stats = train_step(
+                    model,
+                    optimizer,
+                    collated,
+                    method=m,
+                    alpha=alpha,
+                    pad_id=tok.pad_id,
+                    label_smoothing=t.label_smoothing,
+                    device=device,
+                    amp=amp,
+                    clip_norm=t.clip_norm,
+                    teacher=teacher,
                 )
-            if t.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
-            optimizer.step()
+            except NonFiniteLoss as e:
+                raise NonFiniteLoss(
+                    f"{e} at update {update + 1}; the last good checkpoint is kept in {save_dir}"
+                ) from None
             update += 1
             batch_pos += len(group)
             done = update >= t.max_updates
 
-            window["loss"] += step_loss
-            window["ce"] += step_ce
-            window["id"] += step_id
-            window["tokens"] += ntokens
-            for name, value in step_aux.items():
+            window["loss"] += stats.loss
+            window["ce"] += stats.ce
+            window["id"] += stats.id_loss
+            window["tokens"] += stats.ntokens
+            for name, value in stats.aux.items():
                 aux_window[name] = aux_window.get(name, 0.0) + value
             bar.update(1)
             if update % t.log_every == 0 or done:
