@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: install demo test test-slow lint format ui clean
+.PHONY: install demo test test-slow bench lint format ui clean
 
 $(BIN)/idistill: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: install  ## ruff + the default (fast) pytest suite
 
 test-slow: install  ## the slow tests: real CLI runs, sweeps, real data
 	$(BIN)/pytest -q -m slow
+
+bench: install  ## idistill-bench: training step, divergence, beam search, data path (~5 min on 2 cores)
+	$(BIN)/idistill-bench
 
 lint: install
 	$(BIN)/ruff check .

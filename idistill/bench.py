@@ -1,0 +1,356 @@
+"""Benchmarks behind `idistill-bench`: training steps, the divergence, beam search, data path.
+
+Everything runs in one process on one device, with warm-up and the median of several
+repetitions, so ratios (K=3 against K=1, ours against Hugging Face) compare like with like.
+Inputs are random token ids with IWSLT-like lengths: no data set or download is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from idistill.config import MethodSettings
+from idistill.data.batching import collate, token_batches
+from idistill.models.transformer import Seq2SeqTransformer, model_config
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3  # idistill's sentencepiece ids
+
+
+@dataclass
+class Timing:
+    """Median seconds of `repeats` runs after `warmup` runs, and peak memory while timing."""
+
+    seconds: float
+    peak_bytes: int
+    all_seconds: list[float]
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # Linux: "5" resets the peak RSS (VmHWM) of the process
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak(device: torch.device) -> int:
+    """Peak bytes since the last reset: max allocated on CUDA, peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
+    """Time `fn` (median of `repeats` after `warmup` calls), with its peak memory."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    _reset_peak(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return Timing(statistics.median(times), _peak(device), times)
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    """This machine's dense matmul throughput: GFLOP/s of an [n, n] @ [n, n] product."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = measure(lambda: a @ b, device, warmup=2, repeats=5)
+    return 2 * n**3 / t.seconds / 1e9
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one call of `fn` (matmuls and attention, as PyTorch counts)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def iwslt_like_lengths(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(source, target) lengths in sentencepiece pieces, shaped like IWSLT'14 De-En at 12K
+    pieces: log-normal around 22 pieces, 1..175, the source a little longer."""
+    rng = np.random.default_rng(seed)
+    tgt = np.clip(np.round(rng.lognormal(math.log(22), 0.6, n)), 1, 175).astype(np.int64)
+    src = np.clip(np.round(tgt * rng.uniform(0.8, 1.35, n)), 1, 175).astype(np.int64)
+    return src, tgt
+
+
+def random_examples(src_lens, tgt_lens, vocab: int, seed: int = 0) -> list[tuple]:
+    """Random (source ids, target ids) pairs of the given lengths, no special ids."""
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.integers(4, vocab, s), rng.integers(4, vocab, t))
+        for s, t in zip(src_lens, tgt_lens, strict=True)
+    ]
+
+
+def training_batch(target_tokens: int, vocab: int, seed: int = 0) -> dict:
+    """A collated batch of ~`target_tokens` target tokens (eos included, like fairseq's
+    ntokens), made as length-sorted batching makes them: consecutive sentences around the
+    median length of IWSLT-like data, so there is little padding."""
+    src, tgt = iwslt_like_lengths(20_000, seed)
+    order = np.lexsort((tgt, src))  # by source length, then target length
+    lo = hi = len(order) // 2
+    while int((tgt[order[lo:hi]] + 1).sum()) < target_tokens and hi < len(order):
+        hi += 1
+    pick = order[lo:hi]
+    return collate(random_examples(src[pick], tgt[pick], vocab, seed), PAD, BOS, EOS)
+
+
+def load_model_config(name: str) -> dict:
+    """The `model=<name>` config group file, as a plain dict."""
+    path = files("idistill.conf") / "model" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(str(path)))
+
+
+def build(name: str, vocab: int, device: torch.device) -> Seq2SeqTransformer:
+    torch.manual_seed(0)
+    return Seq2SeqTransformer(model_config(load_model_config(name), vocab, PAD)).to(device)
+
+
+# ---------------------------------------------------------------- benchmarks
+
+
+def bench_train_step(
+    model_name: str,
+    *,
+    k: int,
+    passes: str,
+    device: torch.device,
+    vocab: int = 12_000,
+    target_tokens: int = 4_000,
+    amp: torch.dtype | None = None,
+    compile: bool = False,
+    warmup: int = 1,
+    repeats: int = 3,
+) -> dict:
+    """One optimizer update of `model_name` on ~`target_tokens` target tokens (K passes)."""
+    from idistill.sage import make_optimizer
+    from idistill.train import train_step
+
+    model = build(model_name, vocab, device)
+    model.train()
+    optimizer = make_optimizer(model, "adamw", 5e-4, (0.9, 0.98), 1e-8, 1e-4)
+    batch = training_batch(target_tokens, vocab)
+    method = MethodSettings(k=k, alpha=5.0, passes=passes, schedule="constant")
+    runner = torch.compile(model) if compile else model
+
+    def step():
+        return train_step(
+            runner, optimizer, [batch], method=method, alpha=5.0, pad_id=PAD,
+            label_smoothing=0.1, device=device, amp=amp,
+        )  # fmt: skip
+
+    flops = count_flops(step)  # doubles as the first warm-up step
+    t = measure(step, device, warmup=warmup, repeats=repeats)
+    ntokens = int(batch["ntokens"])
+    return {
+        "model": model_name,
+        "k": k,
+        "passes": passes,
+        "sentences": int(batch["target"].shape[0]),
+        "target_tokens": ntokens,
+        "ms_per_step": 1000 * t.seconds,
+        "tokens_per_s": ntokens / t.seconds,  # counted once per batch, like fairseq's wps
+        "peak_mb": t.peak_bytes / 2**20,
+        "gflop_per_step": flops / 1e9,
+        "gflops": flops / t.seconds / 1e9,
+        "all_ms": [1000 * s for s in t.all_seconds],
+    }
+
+
+def bench_divergence(
+    device: torch.device,
+    impl: str = "fused",
+    k: int = 3,
+    tokens: int = 4_000,
+    vocab: int = 12_000,
+    repeats: int = 3,
+) -> dict:
+    """The X divergence alone, forward + backward: ours ("fused") or the plain autograd
+    formula ("autograd"), on random logits [K, tokens, vocab]."""
+    from idistill.losses import divergence
+
+    torch.manual_seed(0)
+    logits = torch.randn(k, tokens, vocab, device=device, requires_grad=True)
+
+    def plain():  # (1/K) sum_i sum_v (p_i - p_bar)(log p_i - log p_bar), autograd throughout
+        logp = torch.log_softmax(logits, dim=-1)
+        log_pbar = torch.logsumexp(logp, dim=0) - math.log(k)
+        ((logp.exp() - log_pbar.exp()) * (logp - log_pbar)).sum().div(k).backward()
+
+    def fused():
+        divergence("x", list(logits.unbind(0))).backward()
+
+    t = measure(fused if impl == "fused" else plain, device, warmup=1, repeats=repeats)
+    return {
+        "impl": impl, "k": k, "tokens": tokens, "vocab": vocab,
+        "ms": 1000 * t.seconds, "peak_mb": t.peak_bytes / 2**20,
+    }  # fmt: skip
+
+
+def _beam_batches(examples: list[tuple], beam: int, max_tokens: int) -> list[list[int]]:
+    lens = [len(s) + 1 for s, _ in examples]
+    return token_batches(lens, lens, max(max_tokens // beam, max(lens)), shuffle=False)
+
+
+def bench_beam_search(
+    device: torch.device,
+    *,
+    sentences: int = 200,
+    beam: int = 5,
+    vocab: int = 12_000,
+    model_name: str = "transformer_small",
+    max_tokens: int = 4096,
+    hf: bool = True,
+) -> list[dict]:
+    """Beam search (beam 5, length penalty 1, max length 1.2 * source + 10) over `sentences`
+    random sources with IWSLT-like lengths: our generator, and Hugging Face `generate` on a
+    MarianMT model of the same shape with random weights, when `transformers` is installed.
+
+    Random weights rarely choose eos, so both decoders run to the length limit: the same
+    work, measured as sentences/s and generated tokens/s.
+    """
+    from idistill.generate import beam_search
+
+    src_lens, tgt_lens = iwslt_like_lengths(sentences, seed=1)
+    examples = random_examples(src_lens, tgt_lens, vocab, seed=1)
+    batches = _beam_batches(examples, beam, max_tokens)
+    model = build(model_name, vocab, device).eval()
+    sources = [collate([examples[i] for i in idx], PAD, BOS, EOS)["src_tokens"] for idx in batches]
+
+    def ours():
+        out = []
+        for src in sources:
+            out += beam_search(
+                model, src.to(device), bos_id=BOS, eos_id=EOS, pad_id=PAD, beam=beam,
+                len_penalty=1.0, max_len_a=1.2, max_len_b=10,
+            )  # fmt: skip
+        return sum(len(h) + 1 for h in out)
+
+    rows = [_generation_row("idistill beam_search", ours, sentences, device)]
+    if hf:
+        try:
+            hf_generate = _hf_generator(model.cfg, sources, beam, device)
+        except ImportError:
+            rows.append({"decoder": "transformers generate", "skipped": "not installed"})
+        else:
+            rows.append(
+                _generation_row("transformers generate (Marian)", hf_generate, sentences, device)
+            )
+    return rows
+
+
+def _generation_row(name: str, fn: Callable[[], int], sentences: int, device) -> dict:
+    fn()  # warm-up; also gives the token count
+    _sync(device)
+    start = time.perf_counter()
+    tokens = fn()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {
+        "decoder": name,
+        "sentences": sentences,
+        "seconds": seconds,
+        "sentences_per_s": sentences / seconds,
+        "tokens_per_s": tokens / seconds,
+    }
+
+
+def _hf_generator(cfg, sources: list[torch.Tensor], beam: int, device) -> Callable[[], int]:
+    """HF MarianMT with our model's sizes (random weights, no download) and a generate loop."""
+    from transformers import MarianConfig, MarianMTModel
+
+    hf_cfg = MarianConfig(
+        vocab_size=cfg.vocab_size, d_model=cfg.embed_dim,
+        encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
+        encoder_attention_heads=cfg.heads, decoder_attention_heads=cfg.heads,
+        encoder_ffn_dim=cfg.ffn_dim, decoder_ffn_dim=cfg.ffn_dim,
+        max_position_embeddings=cfg.max_positions, pad_token_id=PAD, eos_token_id=EOS,
+        decoder_start_token_id=BOS, forced_eos_token_id=EOS, scale_embedding=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = MarianMTModel(hf_cfg).to(device).eval()
+
+    @torch.no_grad()
+    def generate() -> int:
+        tokens = 0
+        for src in sources:
+            src = src.to(device)
+            mask = src.ne(PAD)
+            limit = int(1.2 * int(mask.sum(1).max()) + 10)
+            out = model.generate(
+                input_ids=src, attention_mask=mask, num_beams=beam, length_penalty=1.0,
+                early_stopping=True, max_new_tokens=limit + 1, do_sample=False,
+            )  # fmt: skip
+            tokens += int(out[:, 1:].ne(PAD).sum())
+        return tokens
+
+    return generate
+
+
+def bench_data(sentences: int = 20_000) -> list[dict]:
+    """Sentencepiece encoding and token batching throughput (sentences/s)."""
+    from idistill.data.synthetic import make_corpus
+    from idistill.data.tokenizer import Tokenizer, train_sentencepiece
+
+    pairs = make_corpus(0, sentences, 10, 10)["train"]
+    texts = [s for s, _ in pairs]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = train_sentencepiece(texts, Path(tmp) / "spm", 2000)
+        tok = Tokenizer(model_file)
+        start = time.perf_counter()
+        tok.encode_batch(texts)
+        encode_s = time.perf_counter() - start
+
+    src, tgt = iwslt_like_lengths(1_000_000, seed=2)
+    start = time.perf_counter()
+    batches = token_batches(src + 1, tgt + 1, 4096, shuffle=True, seed=1, epoch=1)
+    batching_s = time.perf_counter() - start
+    examples = random_examples(src[:20_000], tgt[:20_000], 12_000)
+    small = token_batches(src[:20_000] + 1, tgt[:20_000] + 1, 4096, shuffle=False)
+    start = time.perf_counter()
+    for idx in small:
+        collate([examples[i] for i in idx], PAD, BOS, EOS)
+    collate_s = time.perf_counter() - start
+    return [
+        {"stage": "sentencepiece encode", "sentences": len(texts),
+         "sentences_per_s": len(texts) / encode_s},
+        {"stage": "token_batches (1M pairs)", "sentences": len(src),
+         "sentences_per_s": len(src) / batching_s, "batches": len(batches)},
+        {"stage": "collate", "sentences": 20_000, "sentences_per_s": 20_000 / collate_s},
+    ]  # fmt: skip
