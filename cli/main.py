@@ -52,12 +52,22 @@ def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
     from idistill.data.tasks import check_task
 
     settings = settings_from_dict(OmegaConf.to_container(cfg, resolve=True))
-    check_task(settings.task, settings.lang)
+    if _is_nlu(settings):
+        from idistill.data.nlu import nlu_module
+
+        nlu_module(settings.task).check(settings.task)
+    else:
+        check_task(settings.task, settings.lang)
     hydra_out, sweep_dir, run_name = _hydra_runtime()
     out_dir = output_dir or hydra_out or Path.cwd()
     if settings.method.name == "self_distill":
         return _run_chain(settings, out_dir, run_name or out_dir.name, sweep_dir, progress)
     return _run_one(settings, out_dir, run_name or out_dir.name, sweep_dir, progress)[0]
+
+
+def _is_nlu(settings) -> bool:
+    """GLUE, NER, TyDiQA: fine-tuning a pretrained encoder (idistill.finetune)."""
+    return settings.task.get("type") == "nlu"
 
 
 def _run_chain(settings, out_dir: Path, run_name: str, sweep_dir: Path | None, progress: bool):
@@ -124,7 +134,7 @@ def _run_one(
     tags: dict[str, str] | None = None,
 ):
     """Train, evaluate and track one run; returns (RunResult, MLflow run id or None)."""
-    from idistill import train
+    from idistill import finetune, train
     from idistill.checkpoint import read_meta
     from idistill.tracking import PARENT_RUN_FILE, make_tracker
 
@@ -159,7 +169,8 @@ def _run_one(
     if hydra_files is not None:
         tracker.log_artifacts(hydra_files, "hydra")
     try:
-        result = train.run(settings, out_dir, tracker, resume_dir=resume, progress=progress)
+        loop = finetune if _is_nlu(settings) else train  # NLU: pretrained encoder + head
+        result = loop.run(settings, out_dir, tracker, resume_dir=resume, progress=progress)
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         raise
@@ -180,7 +191,9 @@ def _main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed; the sweep's parent run is marked FAILED
         raise SystemExit(f"idistill: {e}") from None
-    return result.test_bleu if result is not None else None  # None: a chain had nothing left
+    if result is None:  # a chain had nothing left to train
+        return None
+    return getattr(result, "objective", result.test_bleu)  # NLU: the task's test (or dev) metric
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ class Schema:
     trainer: Any = field(default_factory=dict)
     tracking: Any = field(default_factory=dict)
     lang: Any = None
+    glue_task: Any = None
     seed: int = 1
     data_dir: str = "~/.cache/idistill"
 

@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from idistill.losses import CLASSIFICATION_DIVERGENCES, DIVERGENCES
+from idistill.models.encoder import check_model, is_encoder
 from idistill.models.transformer import model_config
 from idistill.sage import OPTIMIZERS
 from idistill.schedule import validate_adaptive
 
-TASK_TYPES = ("translation", "classification", "regression")
+TASK_TYPES = ("translation", "classification", "regression", "nlu")
 SCHEDULES = ("constant", "adaptive")
 PASSES = ("concat", "loop")
+LR_SCHEDULES = ("inverse_sqrt", "linear")
+BASE_OPTIMIZERS = ("adamw", "adamax")  # NLU fine-tuning; method=sage adds SAGE's scaling to it
+ALPHA_PER = ("unit", "batch")  # NLU: what alpha weighs (see the README's "Alpha normalization")
+ID_MASKS = ("labels", "attention")  # tokens head: positions the divergence counts
 
 
 class ConfigError(ValueError):
@@ -57,6 +62,10 @@ class TrainerSettings:
     max_updates: int = 50000
     max_epochs: int | None = None
     max_tokens: int = 4096
+    batch_size: int | None = None  # NLU: examples per batch (translation batches by max_tokens)
+    optimizer: str = "adamw"  # NLU: adamw | adamax (method=sage makes it sage_adamw/_adamax)
+    lr_schedule: str = "inverse_sqrt"  # inverse_sqrt (translation) | linear (NLU)
+    warmup_ratio: float | None = None  # linear: warm-up as a fraction of all updates
     update_freq: int = 1
     lr: float = 5e-4
     warmup_updates: int = 4000
@@ -119,6 +128,10 @@ class RunSettings:
         d = self.to_dict()
         for key in ("resume", "save_dir", "device", "num_threads"):
             d["trainer"].pop(key, None)
+        plain = TrainerSettings()
+        for key in ("batch_size", "optimizer", "lr_schedule", "warmup_ratio"):  # NLU keys: at
+            if d["trainer"][key] == getattr(plain, key):  # their defaults they leave the hashes
+                d["trainer"].pop(key)  # of translation runs as they were before they existed
         d.pop("tracking")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -142,7 +155,7 @@ def _require(ok: bool, message: str) -> None:
 def settings_from_dict(cfg: dict[str, Any]) -> RunSettings:
     """Build and check the run settings from the resolved config (a plain dict)."""
     top = {"task", "model", "method", "divergence", "schedule", "trainer", "tracking"}
-    top |= {"lang", "seed", "data_dir"}
+    top |= {"lang", "seed", "data_dir", "glue_task"}  # glue_task: read by task=glue
     unknown = sorted(set(cfg) - top)
     _require(
         not unknown,
@@ -173,10 +186,25 @@ def settings_from_dict(cfg: dict[str, Any]) -> RunSettings:
 def validate(s: RunSettings) -> None:
     """Refuse settings that cannot work, naming the key and the fix; touches no data."""
     m, t = s.method, s.trainer
-    try:  # the model's keys and sizes, with a stand-in vocabulary (the real one comes with data)
-        model_config(s.model, vocab_size=64, pad_id=0)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from None
+    task_type = s.task.get("type", "translation")
+    if task_type == "nlu":
+        _validate_nlu(s)
+    else:
+        _require(
+            not is_encoder(s.model),
+            f"model.name_or_path={s.model.get('name_or_path')} is a pretrained encoder for NLU "
+            f"tasks (task=glue, ...); task={s.task['name']} needs a seq2seq model "
+            "(model=transformer_small, ...)",
+        )
+        _require(
+            t.lr_schedule == "inverse_sqrt" and t.optimizer == "adamw",
+            f"trainer.lr_schedule={t.lr_schedule} / trainer.optimizer={t.optimizer} are for NLU "
+            "fine-tuning; translation uses inverse_sqrt and method.optimizer",
+        )
+        try:  # the model's keys and sizes, with a stand-in vocabulary (the real one: with data)
+            model_config(s.model, vocab_size=64, pad_id=0)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
     _require(isinstance(m.k, int) and m.k >= 1, f"method.k must be >= 1 (got {m.k})")
     _require(m.alpha >= 0, f"method.alpha must be >= 0 (got {m.alpha})")
     _require(
@@ -203,9 +231,10 @@ def validate(s: RunSettings) -> None:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         _require(m.total_updates > 0, f"schedule.total_updates must be > 0 (got {m.total_updates})")
-    task_type = s.task.get("type", "translation")
     _require(task_type in TASK_TYPES, f"task.type must be one of {TASK_TYPES} (got {task_type!r})")
-    if task_type == "regression":
+    if task_type == "nlu":
+        pass  # the head decides (_validate_nlu)
+    elif task_type == "regression":
         _require(
             m.divergence == "mse",
             f"divergence={m.divergence} needs probabilities; task {s.task['name']} is a "
@@ -237,7 +266,7 @@ def validate(s: RunSettings) -> None:
         f"trainer.precision must be auto, fp32 or bf16 (got {t.precision!r})",
     )
     max_len = s.task.get("max_len")
-    if max_len is not None:
+    if max_len is not None and task_type != "nlu":
         longest = max_len + 1  # a sentence of max_len pieces plus eos (or bos)
         _require(
             t.max_tokens >= longest,
@@ -249,3 +278,65 @@ def validate(s: RunSettings) -> None:
         s.tracking.backend in ("mlflow", "none"),
         f"tracking must be mlflow or none (got {s.tracking.backend!r})",
     )
+
+
+def _validate_nlu(s: RunSettings) -> None:
+    """NLU fine-tuning: a pretrained encoder, example batches, and a divergence for the head."""
+    from idistill.data.nlu import task_head
+
+    m, t, name = s.method, s.trainer, s.task["name"]
+    _require(
+        is_encoder(s.model),
+        f"task={name} fine-tunes a pretrained encoder: model=bert_base, minilm_local, xlmr_base "
+        f"or xlmr_large, or model.name_or_path=<dir> (got model={s.model.get('name')})",
+    )
+    try:
+        check_model(s.model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _require(
+        m.name not in ("switch", "self_distill") and not m.teacher,
+        f"method={m.name} is implemented for translation only; task={name} runs baseline, "
+        "intra_distill, intra_distill_js, rdrop or sage",
+    )
+    _require(
+        t.batch_size is not None and t.batch_size >= 1,
+        f"task={name} batches by examples: add trainer=finetune (or experiment=glue_cpu / table4) "
+        f"or set trainer.batch_size (got {t.batch_size})",
+    )
+    _require(
+        t.lr_schedule in LR_SCHEDULES,
+        f"trainer.lr_schedule must be one of {LR_SCHEDULES} (got {t.lr_schedule!r})",
+    )
+    _require(
+        t.optimizer in BASE_OPTIMIZERS,
+        f"trainer.optimizer must be one of {BASE_OPTIMIZERS} (got {t.optimizer!r})",
+    )
+    _require(
+        t.warmup_ratio is None or 0 <= t.warmup_ratio < 1,
+        f"trainer.warmup_ratio must be in [0, 1) or null (got {t.warmup_ratio})",
+    )
+    alpha_per = s.task.get("alpha_per", "unit")
+    _require(
+        alpha_per in ALPHA_PER, f"task.alpha_per must be one of {ALPHA_PER} (got {alpha_per!r})"
+    )
+    id_mask = s.task.get("id_mask", "labels")
+    _require(id_mask in ID_MASKS, f"task.id_mask must be one of {ID_MASKS} (got {id_mask!r})")
+    try:
+        head = task_head(s.task)
+    except (ImportError, KeyError):
+        raise ConfigError(
+            f"task={name} has its configuration but no data module in this version of idistill"
+        ) from None
+    if head == "regression":
+        _require(
+            m.divergence == "mse",
+            f"divergence={m.divergence} needs probabilities; task {name} "
+            f"({s.task.get('glue_task', '')}) is a regression task: use divergence=mse",
+        )
+    elif head is not None:
+        _require(
+            m.divergence in CLASSIFICATION_DIVERGENCES,
+            f"divergence=mse is for regression outputs; task {name} has a {head} head: use "
+            "divergence=x (or js, jeffrey)",
+        )

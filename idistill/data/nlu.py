@@ -8,6 +8,15 @@ A task module `idistill.data.<name>` provides
 where `tokenizer` is the Hugging Face tokenizer of `model.name_or_path`. The loop only knows
 the four heads below; everything task-specific (reading files, sub-token labels, windows over
 long contexts, turning raw predictions into the task's metric) stays in the task module.
+
+Two optional additions (made with the GLUE module; a module without them still works):
+
+    head(task: dict) -> str | None                  # the head, known from the settings alone:
+                                                    # lets the config checks refuse a divergence
+                                                    # that cannot work (mse vs. x/js/jeffrey)
+                                                    # before any data or model is loaded
+    EvalSet.write(predictions, folder) -> Path      # test splits: write the predictions in the
+                                                    # task's submission format (GLUE server tsv)
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # head -> what the model returns per example, and what a feature's labels hold
@@ -39,6 +49,7 @@ class EvalSet:
 
     features: list[Feature]
     score: Callable[[list[Any]], dict[str, float]]
+    write: Callable[[list[Any], Path], Path] | None = None  # predictions -> submission file
 
 
 @dataclass
@@ -65,3 +76,11 @@ NLU_MODULES = {
 def nlu_module(task: dict[str, Any]):
     """The data module of an NLU task."""
     return importlib.import_module(NLU_MODULES[task.get("loader", task["name"])])
+
+
+def task_head(task: dict[str, Any]) -> str | None:
+    """The task's head from its settings (module `head(task)`, else `task.head`), or None."""
+    module = nlu_module(task)
+    if hasattr(module, "head"):
+        return module.head(task)
+    return task.get("head")
