@@ -57,10 +57,9 @@ HF_DATASET = "unimelb-nlp/wikiann"
 HF_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
 FORMAT = 1  # bump when the cached features change
 
+FILES = "XTREME PAN-X files: train-en.tsv, dev-<lang>.tsv, test-<lang>.tsv"  # for messages
+
 Sentence = tuple[list[str], list[str] | None]  # words, tags (None: an unlabelled test file)
-
-
-FILES = "XTREME PAN-X files: train-en.tsv, dev-<lang>.tsv, test-<lang>.tsv"
 
 
 def head(task: dict[str, Any]) -> str:
@@ -303,7 +302,9 @@ def load(task: dict[str, Any], tokenizer: Any, data_dir: Path) -> NLUData:
             cols = _encoded(
                 task, split, lang, tokenizer, tok_key, data_dir, task.get("max_eval_examples")
             )
-            if cols is None:  # only test sets get here: check() makes sure dev files exist
+            if cols is None and split == "dev":
+                raise DataSourceError(f"PAN-X dev-{lang} has no tagged sentences: it cannot score")
+            if cols is None:
                 unlabelled.append(lang)
                 continue
             _log_set(f"{split}/{lang}", cols, task["max_length"])

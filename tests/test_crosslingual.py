@@ -1,0 +1,73 @@
+"""Zero-shot cross-lingual tasks end to end: train on English, score every language, log it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+RUNS = {  # task -> (overrides, languages, metrics)
+    "ner": (
+        [
+            f"task.source={SHARED / 'panx_xtreme'}",
+            "task.eval_langs=[en,de,fr]",
+            "task.max_train_examples=16",
+            "task.max_eval_examples=16",
+        ],
+        ("en", "de", "fr"),
+        ("f1", "precision", "recall"),
+    ),
+    "tydiqa": (
+        [
+            f"task.source={SHARED / 'tydiqa_goldp'}",
+            "task.eval_langs=[en,sw,fi]",
+            "task.max_length=192",
+            "task.max_train_examples=8",
+            "task.max_eval_examples=8",
+        ],
+        ("en", "sw", "fi"),
+        ("f1", "exact_match"),
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["baseline", "intra_distill"])
+@pytest.mark.parametrize("task", sorted(RUNS))
+def test_a_few_updates_log_the_metrics_of_every_language(
+    make_cfg, tmp_path, minilm_tokenizer, task, method
+):
+    from idistill.cli.main import run
+    from idistill.tracking import client
+
+    overrides, langs, metrics = RUNS[task]
+    if not Path(overrides[0].split("=", 1)[1]).is_dir():
+        pytest.skip(f"shared data absent ({overrides[0]})")
+    cfg = make_cfg(
+        [
+            f"task={task}",
+            "model=minilm_local",
+            "trainer=finetune",
+            f"method={method}",
+            *overrides,
+            "trainer.batch_size=4",
+            "trainer.max_updates=2",
+            "trainer.max_epochs=null",
+            "trainer.device=cpu",
+            "trainer.log_every=1",
+        ],
+        tracking=True,
+    )
+    result = run(cfg, output_dir=tmp_path / "run", progress=False)
+    assert result.updates == 2
+    mlflow = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [r] = [
+        run for e in mlflow.search_experiments() for run in mlflow.search_runs([e.experiment_id])
+    ]
+    assert r.info.status == "FINISHED" and r.data.tags["method"] == method
+    for lang in langs:
+        for metric in metrics:
+            assert 0.0 <= r.data.metrics[f"dev/{lang}/{metric}"] <= 100.0
+    assert not any(name.startswith("test/") for name in r.data.metrics)  # offline: no test tags
+    assert (r.data.metrics["train/id_loss"] > 0) == (method == "intra_distill")
