@@ -202,6 +202,7 @@ def finetune_step(
     amp: torch.dtype | None = None,
     clip_norm: float = 0.0,
     id_mask: str = "labels",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float, float, int]:
     """One optimizer update over `batches` (collated, on the CPU; gradient accumulation).
 
@@ -229,14 +230,21 @@ def finetune_step(
                 passes=method.passes,
                 mask=divergence_mask(head, b, id_mask),
             )
-        (res.loss / units).backward()  # gradient of the per-unit loss of the update
+        loss = res.loss / units  # the per-unit loss of the update
+        (scaler.scale(loss) if scaler is not None else loss).backward()  # fp16: scaled
         sums += torch.stack([res.loss.detach().float(), res.task.float(), res.id_loss.float()])
     loss, ce, id_loss = sums.tolist()
     if not math.isfinite(loss):
         return loss, ce, id_loss, units  # no step: the caller stops the run
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients
     if clip_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when the fp16 gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
     return loss, ce, id_loss, units
 
 
@@ -294,6 +302,7 @@ def run(
     # ---- model and optimizer
     model = build_encoder(s.model, head, data.num_labels).to(device)
     optimizer, opt_name = make_optimizer(model, s)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None  # fp16 only
     tracker.log_params({"model.parameters": model.num_parameters(), "optimizer": opt_name})
     log.info(
         "model: %s, %.2fM parameters, %s",
@@ -316,6 +325,8 @@ def run(
         ckpt = torch.load(resume_dir / LAST, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
         update, epoch, batch_pos, best = (ckpt[k] for k in ("update", "epoch", "batch_pos", "best"))
         _set_rng_state(ckpt["rng"])
         log.info("resumed from %s at update %d (epoch %d)", resume_dir, update, epoch)
@@ -329,6 +340,8 @@ def run(
             )
         position = {"update": update, "epoch": epoch, "batch_pos": batch_pos, "best": best}
         weights = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        if scaler is not None:
+            weights["scaler"] = scaler.state_dict()
         atomic_save({**weights, **position, "rng": _rng_state(), "settings": s.to_dict()},
                     save_dir / LAST)  # fmt: skip
         meta = {"config_hash": s.config_hash(), "update": update, "run_id": tracker.run_id}
@@ -350,6 +363,7 @@ def run(
         return scores[f"{data.select_on}/{data.metric}"]
 
     step_settings = dict(method=m, device=device, amp=amp, clip_norm=t.clip_norm, id_mask=id_mask)
+    step_settings["scaler"] = scaler
 
     # ---- the loop
     model.train()

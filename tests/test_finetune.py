@@ -39,7 +39,7 @@ SMALL_NLU = [
     "task.max_eval_examples=24",
     "trainer.batch_size=8",
     "trainer.max_updates=4",
-    "trainer.validate_every=2",
+    "trainer.validate_every=0",  # one evaluation, after the last update (an epoch is 6)
     "trainer.log_every=2",
 ]
 
@@ -309,6 +309,7 @@ def test_intra_distill_run_logs_both_alphas_and_exports_test_predictions(make_cf
 
 @needs_glue
 @needs_minilm
+@pytest.mark.slow
 def test_baseline_runs_one_pass_without_divergence(make_cfg, tmp_path):
     run(make_cfg([*SMALL_NLU, "method=baseline"], tracking=True), tmp_path / "o", progress=False)
     metrics, info = _metrics(tmp_path / "mlflow.db")
@@ -318,7 +319,8 @@ def test_baseline_runs_one_pass_without_divergence(make_cfg, tmp_path):
 @needs_glue
 @needs_minilm
 def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch):
-    straight = run(make_cfg(SMALL_NLU), output_dir=tmp_path / "straight", progress=False)
+    overrides = [*SMALL_NLU, "trainer.validate_every=2"]  # a checkpoint at update 2
+    straight = run(make_cfg(overrides), output_dir=tmp_path / "straight", progress=False)
     real_write_meta = ft.write_meta
 
     def killed_after_update_2(save_dir, meta):
@@ -328,11 +330,11 @@ def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch)
 
     monkeypatch.setattr(ft, "write_meta", killed_after_update_2)
     with pytest.raises(KeyboardInterrupt):
-        run(make_cfg(SMALL_NLU), output_dir=tmp_path / "killed", progress=False)
+        run(make_cfg(overrides), output_dir=tmp_path / "killed", progress=False)
     monkeypatch.setattr(ft, "write_meta", real_write_meta)
     assert read_meta(tmp_path / "killed" / "checkpoints")["update"] == 2
     resumed = run(
-        make_cfg([*SMALL_NLU, f"trainer.resume={tmp_path / 'killed'}"]),
+        make_cfg([*overrides, f"trainer.resume={tmp_path / 'killed'}"]),
         output_dir=tmp_path / "resumed",
         progress=False,
     )
@@ -355,6 +357,7 @@ def test_stsb_regression_with_mse(make_cfg, tmp_path):
 
 @needs_glue
 @needs_minilm
+@pytest.mark.slow
 def test_sage_fine_tunes_with_sage_adamax(make_cfg, tmp_path):
     overrides = [*SMALL_NLU, "method=sage", "trainer.max_updates=2"]
     run(make_cfg(overrides, tracking=True), output_dir=tmp_path / "o", progress=False)
