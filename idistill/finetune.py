@@ -376,7 +376,7 @@ def run(
         dynamic_ncols=True,
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
     )
-    window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "units": 0, "alpha": 0.0, "n": 0}
+    window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "units": 0, "batches": 0, "n": 0}
     started = time.perf_counter()
     while update < total:
         order = np.random.default_rng([s.seed, epoch]).permutation(len(train_set))
@@ -402,12 +402,11 @@ def run(
             update += 1
             batch_pos += len(group)
 
-            effective = alpha * units / len(group) if alpha_per_batch else alpha
             window["loss"] += step_loss
             window["ce"] += step_ce
             window["id"] += step_id
             window["units"] += units
-            window["alpha"] += effective
+            window["batches"] += len(group)
             window["n"] += 1
             bar.update(1)
             if update % t.log_every == 0 or update == total:
@@ -417,13 +416,16 @@ def run(
                     "train/ce": window["ce"] / window["units"],
                     "train/id_loss": window["id"] / window["units"],
                     "train/alpha": alpha,
-                    "train/effective_alpha": window["alpha"] / window["n"],
+                    # the weight per unit: alpha' x the window's mean units per batch (batch)
+                    "train/effective_alpha": alpha * window["units"] / window["batches"]
+                    if alpha_per_batch
+                    else alpha,
                     "train/lr": lr,
                     "train/updates_per_s": window["n"] / (now - started),
                 }
                 tracker.log_metrics(metrics, step=update)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}")
-                window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "units": 0, "alpha": 0.0, "n": 0}
+                window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "units": 0, "batches": 0, "n": 0}
                 started = now
             epoch_done = batch_pos >= len(batches)
             if validation_due(update, total, t.validate_every, epoch_done):
