@@ -238,3 +238,28 @@ def test_mnli_server_files_are_named_matched_and_mismatched():
     assert glue.submission_name(spec, "test/matched") == "MNLI-m.tsv"
     assert glue.submission_name(spec, "test/mismatched") == "MNLI-mm.tsv"
     assert glue.submission_name(glue.TASKS["sst2"], "test") == "SST-2.tsv"
+
+
+def test_online_reader_maps_nyu_mll_glue_rows(monkeypatch):
+    """`datasets` stand-in: nyu-mll/glue's columns, class ids, idx, and -1 for test labels."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def load_dataset(path, name, split):
+        calls.append((path, name, split))
+        if split == "test_matched":
+            return [{"premise": "P", "hypothesis": "H", "label": -1, "idx": 4}]
+        return [{"premise": "A", "hypothesis": "B", "label": 2, "idx": 0}]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    splits = glue.read_glue({"glue_task": "mnli", "source": None})
+    assert ("nyu-mll/glue", "mnli", "validation_mismatched") in calls
+    assert (splits["train"][0].texts, splits["train"][0].label) == (("A", "B"), 2)
+    assert splits["test/matched"][0].label is None and splits["test/matched"][0].index == "4"
+
+    def offline(path, name, split):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataSourceError, match="task.source=<dir>.*model.name_or_path=<local dir>"):
+        glue.read_glue({"glue_task": "rte", "source": None})
