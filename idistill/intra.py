@@ -61,6 +61,8 @@ def intra_distill_loss(
             f"divergence.name must be one of {', '.join(losses.DIVERGENCES)} (got {divergence!r})"
         )
 
+    if isinstance(task_loss, losses.LabelSmoothedCE) and divergence != "mse":
+        return _fused_step(forward, batch, task_loss, k, alpha, divergence, passes, mask)
     if k == 1:
         output = forward(batch)
         task = task_loss(output, batch)
@@ -81,3 +83,29 @@ def intra_distill_loss(
     id_loss = losses.divergence(divergence, outputs, mask)  # float32
     loss = task + alpha * id_loss
     return IntraLoss(loss, task.detach(), id_loss.detach(), alpha, outputs)
+
+
+def _fused_step(forward, batch, task_loss, k, alpha, divergence, passes, mask) -> IntraLoss:
+    """intra_distill_loss for label-smoothed CE: the CE of every pass and the divergence come
+    from one fused pass over the K outputs (losses.intra_output_loss), whose backward keeps
+    no log-probabilities; the same values and gradients as the generic path."""
+    if k == 1 or passes == "concat":
+        stacked = forward(_repeat(batch, k) if k > 1 else batch)  # [K*B, ...]
+        if stacked.shape[0] % k:
+            raise ValueError(
+                f"forward returned {stacked.shape[0]} rows for a batch repeated {k} times"
+            )
+        logits = stacked.view(k, -1, *stacked.shape[1:])  # [K, B, ..., V], no copy
+    else:
+        logits = torch.stack([forward(batch) for _ in range(k)])  # [K, B, ..., V]
+    task, id_loss = losses.intra_output_loss(
+        logits,
+        batch[task_loss.key],
+        task_loss.epsilon,
+        task_loss.ignore_index,
+        divergence,
+        mask,
+        compiled=task_loss.compiled,
+    )
+    loss = task + alpha * id_loss
+    return IntraLoss(loss, task.detach(), id_loss.detach(), alpha, list(logits.unbind(0)))

@@ -135,3 +135,37 @@ def test_bf16_outputs_give_a_float32_divergence():
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         intra_distill_loss(TinyClassifier(), make_batch(), ce_sum, **kwargs)
+
+
+@pytest.mark.parametrize("passes", ["concat", "loop"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_label_smoothed_ce_takes_the_fused_path_with_the_generic_values(passes, k):
+    """LabelSmoothedCE is computed with the divergence in one fused pass: the loss, its parts
+    and the gradients equal the generic path's (same dropout masks through the same seed)."""
+    from idistill.losses import LabelSmoothedCE, label_smoothed_nll_loss
+
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    batch = make_batch()
+    mask = batch["y"] != 0
+    fused_ce = LabelSmoothedCE(0.1, 0, key="y")
+
+    def generic_ce(logits, b):
+        return label_smoothed_nll_loss(logits, b["y"], 0.1, 0)[0]
+
+    results = []
+    for task_loss in (fused_ce, generic_ce):
+        model.zero_grad()
+        torch.manual_seed(7)
+        res = intra_distill_loss(
+            model, batch, task_loss, k=k, alpha=2.0, divergence="x", passes=passes, mask=mask
+        )
+        res.loss.backward()
+        results.append((res, grads(model)))
+    (fused, fused_grads), (generic, generic_grads) = results
+    assert fused.loss.item() == pytest.approx(generic.loss.item(), rel=1e-5)
+    assert fused.task.item() == pytest.approx(generic.task.item(), rel=1e-5)
+    assert fused.id_loss.item() == pytest.approx(generic.id_loss.item(), rel=1e-5, abs=1e-7)
+    assert len(fused.outputs) == k
+    for a, b in zip(fused_grads, generic_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -217,3 +217,63 @@ def test_fused_value_and_gradient_match_autograd_across_chunks(
     assert value.item() == pytest.approx(ref.item(), rel=1e-5)
     torch.testing.assert_close(logits.grad, ref_logits.grad.float(), rtol=1e-4, atol=1e-6)
     assert logits.grad[:, ~mask].abs().max() == 0  # masked positions get no gradient
+
+
+def _generic_output_loss(logits, target, epsilon, pad, name, mask):
+    """Mean over passes of label_smoothed_nll_loss, and divergence(): the unfused reference."""
+    ce = torch.stack([label_smoothed_nll_loss(o, target, epsilon, pad)[0] for o in logits])
+    return ce.mean(), divergence(name, list(logits), mask)
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION_DIVERGENCES)
+@pytest.mark.parametrize("chunk_elements", [1, 50, 1 << 21])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_fused_ce_and_divergence_match_the_unfused_losses(monkeypatch, name, chunk_elements, k):
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(10 + k)
+    pad = 0
+    target = torch.randint(1, 7, (2, 5))
+    target[0, 3:] = pad
+    target[1, 4] = pad
+    logits = (3 * torch.randn(k, 2, 5, 7, dtype=torch.float64)).requires_grad_()
+    ce, div = losses.intra_output_loss(logits, target, 0.1, pad, name)
+    (0.7 * ce + 1.9 * div).backward()
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref_ce, ref_div = _generic_output_loss(ref_logits, target, 0.1, pad, name, target != pad)
+    (0.7 * ref_ce + 1.9 * ref_div).backward()
+    assert ce.dtype == div.dtype == torch.float32
+    assert ce.item() == pytest.approx(ref_ce.item(), rel=1e-5)
+    assert div.item() == pytest.approx(ref_div.item(), rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-4, atol=1e-6)
+    assert logits.grad[:, target == pad].abs().max() == 0  # padding gets no gradient
+
+
+def test_fused_loss_counts_ce_and_divergence_positions_separately():
+    """A divergence mask other than the non-pad targets: each term keeps its own positions."""
+    torch.manual_seed(3)
+    target = torch.tensor([[2, 4, 1, 0], [3, 0, 0, 0]])
+    mask = torch.tensor([[True, False, True, True], [False, False, True, False]])
+    logits = torch.randn(3, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+    ce, div = losses.intra_output_loss(logits, target, 0.2, 0, "x", mask)
+    (ce + div).backward()
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref_ce, ref_div = _generic_output_loss(ref_logits, target, 0.2, 0, "x", mask)
+    (ref_ce + ref_div).backward()
+    assert (ce.item(), div.item()) == pytest.approx((ref_ce.item(), ref_div.item()), rel=1e-5)
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_loss_keeps_the_bf16_dtype_of_the_logits_for_their_gradient():
+    logits = (20 * torch.randn(3, 4, 50)).bfloat16().requires_grad_()
+    target = torch.randint(1, 50, (4,))
+    ce, div = losses.intra_output_loss(logits, target, 0.1, 0, "x")
+    (ce + div).backward()
+    assert ce.dtype == torch.float32 and torch.isfinite(ce) and torch.isfinite(div)
+    assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad).all()
+
+
+def test_fused_loss_refuses_a_target_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"target shape \(3,\)"):
+        losses.intra_output_loss(
+            torch.randn(2, 4, 5), torch.zeros(3, dtype=torch.long), 0.1, 0, "x"
+        )
