@@ -146,8 +146,10 @@ def _run_one(
     if sweep_dir is not None and (sweep_dir / PARENT_RUN_FILE).is_file():
         parent = (sweep_dir / PARENT_RUN_FILE).read_text().strip()
     meta = read_meta(resume) if resume else None
-    tracker = make_tracker(
-        settings.tracking.backend,
+    from idistill import distributed
+
+    tracker = make_tracker(  # under torchrun only rank 0 logs
+        settings.tracking.backend if distributed.from_env().main else "none",
         settings.tracking.uri,
         settings.experiment_name,
         run_name=run_name,
@@ -183,7 +185,11 @@ def _run_one(
 
 @hydra.main(version_base="1.3", config_path="pkg://idistill.conf", config_name="config")
 def _main(cfg: DictConfig) -> float | None:
+    from idistill import distributed
     from idistill.config import ConfigError
+
+    if not distributed.from_env().main:  # torchrun: rank 0 speaks for all
+        logging.getLogger().setLevel(logging.WARNING)
 
     try:
         result = run(cfg)

@@ -21,6 +21,8 @@ from idistill.schedule import validate_adaptive
 TASK_TYPES = ("translation", "classification", "regression", "nlu")
 SCHEDULES = ("constant", "adaptive")
 PASSES = ("concat", "loop")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE = ("none", "loss", "model")  # what torch.compile compiles: nothing, the fused loss, both
 LR_SCHEDULES = ("inverse_sqrt", "linear")
 BASE_OPTIMIZERS = ("adamw", "adamax")  # NLU fine-tuning; method=sage adds SAGE's scaling to it
 ALPHA_PER = ("unit", "batch")  # NLU: what alpha weighs (see the README's "Alpha normalization")
@@ -83,6 +85,7 @@ class TrainerSettings:
     test_max_sentences: int | None = None
     device: str = "auto"
     precision: str = "auto"
+    compile: str = "loss"
     num_threads: int | None = None
     resume: Any = False
     save_dir: str | None = None
@@ -262,8 +265,16 @@ def validate(s: RunSettings) -> None:
         f"trainer.device must be auto, cpu or cuda (got {t.device!r})",
     )
     _require(
-        t.precision in ("auto", "fp32", "bf16"),
-        f"trainer.precision must be auto, fp32 or bf16 (got {t.precision!r})",
+        t.precision in PRECISIONS,
+        f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {t.precision!r})",
+    )
+    _require(
+        not (t.precision == "fp16" and s.task.get("type") == "nlu"),
+        "trainer.precision=fp16 (loss scaling) is implemented for translation; use bf16 here",
+    )
+    _require(
+        t.compile in COMPILE,
+        f"trainer.compile must be one of {', '.join(COMPILE)} (got {t.compile!r})",
     )
     max_len = s.task.get("max_len")
     if max_len is not None and task_type != "nlu":

@@ -6,6 +6,7 @@ best checkpoint, and the test set is translated with beam search and scored with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from idistill import distributed
 from idistill.checkpoint import BEST, LAST, atomic_save, write_meta
 from idistill.config import MethodSettings, RunSettings
 from idistill.data.batching import collate, token_batches
@@ -24,7 +26,7 @@ from idistill.data.tasks import load_task
 from idistill.distill import CHECKPOINT_TAG, load_teacher, teacher_kl
 from idistill.evaluate import corpus_bleu, translate
 from idistill.intra import intra_distill_loss
-from idistill.losses import label_smoothed_nll_loss
+from idistill.losses import LabelSmoothedCE, label_smoothed_nll_loss
 from idistill.models.transformer import Seq2SeqTransformer, model_config
 from idistill.sage import make_optimizer
 from idistill.schedule import alpha_at, inverse_sqrt_lr
@@ -57,10 +59,20 @@ def pick_device(name: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 (no autocast) on CPU unless asked."""
+    """bf16 autocast on CUDA by default; fp32 (no autocast) on CPU unless asked; fp16 on
+    request (the loop then scales the loss: `loss_scaler`)."""
+    if precision == "fp16":
+        return torch.float16
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+def loss_scaler(amp: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16's dynamic loss scaler (steps whose gradients overflow are skipped); None otherwise."""
+    if amp != torch.float16:
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 def build_model(model_cfg: dict, vocab_size: int, pad_id: int) -> Seq2SeqTransformer:
@@ -69,6 +81,9 @@ def build_model(model_cfg: dict, vocab_size: int, pad_id: int) -> Seq2SeqTransfo
 
 
 def _to(batch: dict, device: torch.device) -> dict:
+    """Tensors to `device`; to a GPU through pinned memory, so the copy does not block."""
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
@@ -110,6 +125,7 @@ class StepStats:
     id_loss: float
     ntokens: int
     aux: dict[str, float]  # extra loss terms (balance_loss, kd_loss), logged as train/<name>
+    skipped: bool = False  # fp16: the gradients overflowed and the loss scaler skipped the step
 
 
 def train_step(
@@ -125,18 +141,27 @@ def train_step(
     amp: torch.dtype | None = None,
     clip_norm: float = 0.0,
     teacher: torch.nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    compile_loss: bool = False,
 ) -> StepStats:
     """One optimizer update over `batches` (collated, on the CPU; gradient accumulation).
 
     Each batch gets the K-pass loss of `idistill.intra` (plus the switch balance loss and the
     self-distillation KL when they apply); the gradient is that of the summed loss divided by
-    the update's target tokens, then clipped (clip_norm > 0) and applied.
+    the update's target tokens, then clipped (clip_norm > 0) and applied. With an fp16
+    `scaler`, the loss is scaled and an update whose gradients overflow is skipped.
+    compile_loss: the fused CE + divergence runs through torch.compile'd kernels.
     """
     core = model.module if hasattr(model, "module") else model  # the DDP-wrapped model
     ntokens = sum(int(b["ntokens"]) for b in batches)
+    # Under DDP an update spans every rank's batches and DDP averages the gradients over the
+    # ranks: dividing by (all ranks' target tokens / ranks) gives the per-token gradient.
+    denominator = ntokens
+    if distributed.active():
+        total = distributed.all_sum(torch.tensor([float(ntokens)], device=device))
+        denominator = total.item() / distributed.size()
 
-    def task_loss(logits, batch):  # summed label-smoothed CE over target tokens
-        return label_smoothed_nll_loss(logits, batch["target"], label_smoothing, pad_id)[0]
+    task_loss = LabelSmoothedCE(label_smoothing, pad_id, compiled=compile_loss)  # summed
 
     def forward(batch):
         return model(batch["src_tokens"], batch["prev_output_tokens"])  # [B, T, V]
@@ -147,7 +172,7 @@ def train_step(
     def add(name: str, value: Tensor) -> None:
         sums[name] = sums.get(name, 0.0) + value.detach().float()
 
-    for c in batches:
+    def accumulate(c: dict) -> None:  # forward and backward of one batch
         b = _to({k: c[k] for k in ("src_tokens", "prev_output_tokens", "target")}, device)
         n_b = int(c["ntokens"])  # this batch's target tokens (on the CPU: no sync)
         mask = b["target"] != pad_id  # [B, T] the positions that count
@@ -173,19 +198,38 @@ def train_step(
                 kd = sum(teacher_kl(o, t_logits, mask) for o in res.outputs) / len(res.outputs)
                 loss = loss + kd
                 add("kd_loss", kd)
-        (loss / ntokens).backward()  # gradient of the per-token loss of the update
+        loss_of_update = loss / denominator  # its gradient: the per-token loss's of the update
+        (scaler.scale(loss_of_update) if scaler else loss_of_update).backward()
         add("loss", loss)
         add("ce", res.task)
         add("id", res.id_loss)
 
-    values = {name: v.item() for name, v in sums.items()}
-    if not math.isfinite(values["loss"]):
+    for i, c in enumerate(batches):
+        sync = i == len(batches) - 1 or not hasattr(model, "no_sync")  # DDP: on the last only
+        with contextlib.nullcontext() if sync else model.no_sync():
+            accumulate(c)
+
+    names = sorted(sums)
+    count = sums["loss"].new_tensor(float(ntokens))
+    totals = distributed.all_sum(torch.stack([sums[n] for n in names] + [count]))
+    values = dict(zip(names + ["ntokens"], totals.tolist(), strict=True))  # one host sync
+    if scaler is None and not math.isfinite(values["loss"]):
         raise NonFiniteLoss(f"non-finite loss ({values['loss']})")
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients
     if clip_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-    optimizer.step()
+    skipped = False
+    if scaler is not None:
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # skipped when a gradient is inf or NaN
+        scaler.update()
+        skipped = scaler.get_scale() < scale
+    else:
+        optimizer.step()
     loss, ce, id_loss = values.pop("loss"), values.pop("ce"), values.pop("id")
-    return StepStats(loss, ce, id_loss, ntokens, values)
+    ntokens = int(values.pop("ntokens"))  # all ranks'
+    return StepStats(loss, ce, id_loss, ntokens, values, skipped)
 
 
 def _rng_state() -> dict:
@@ -210,8 +254,14 @@ def run(
 
     t, m = s.trainer, s.method
     # ---- device and seeds
+    world = distributed.from_env()  # torchrun: one process per GPU (or per CPU worker)
     device = pick_device(t.device)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    distributed.init(world, device)
+    progress = progress and world.main
     amp = autocast_dtype(t.precision, device)
+    scaler = loss_scaler(amp, device)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     torch.manual_seed(s.seed)
@@ -255,7 +305,20 @@ def run(
             ckpt["best_valid_loss"],
         )
         _set_rng_state(ckpt["rng"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         log.info("resumed from %s at update %d (epoch %d)", resume_dir, update, epoch)
+
+    runner = model  # what the training step calls: the model, DDP-wrapped and/or compiled
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(  # starts from rank 0's weights
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        torch.manual_seed(s.seed * 100_003 + update * 1_009 + world.rank)  # own dropout masks
+    if t.compile == "model":
+        runner = torch.compile(runner)
 
     def checkpoint(valid_loss: float | None, finished: bool = False) -> None:
         nonlocal best
@@ -267,6 +330,7 @@ def run(
             "batch_pos": batch_pos,
             "best_valid_loss": min(best, valid_loss or math.inf),
             "rng": _rng_state(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "settings": s.to_dict(),
         }
         if valid_loss is not None and valid_loss < best:
@@ -303,6 +367,13 @@ def run(
         )
         return v["loss"]
 
+    def validate_and_save() -> None:  # rank 0 validates and writes; the others wait
+        nonlocal last_validated
+        if world.main:
+            checkpoint(run_validation())
+        distributed.barrier()
+        last_validated = update
+
     # ---- the loop
     model.train()
     bar = tqdm(
@@ -316,6 +387,7 @@ def run(
     )
     window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "tokens": 0, "time": time.perf_counter()}
     aux_window: dict[str, float] = {}
+    skipped = 0  # fp16 updates skipped by the loss scaler
     last_validated = update if resume_dir is not None else -1
     done = update >= t.max_updates
     while not done and (t.max_epochs is None or epoch <= t.max_epochs):
@@ -323,18 +395,21 @@ def run(
             src_lens, tgt_lens, t.max_tokens, shuffle=True, seed=s.seed, epoch=epoch
         )
         while batch_pos < len(batches) and not done:
-            group = batches[batch_pos : batch_pos + t.update_freq]
+            group = batches[batch_pos : batch_pos + t.update_freq * world.size]
+            if len(group) < world.size:  # DDP: too few batches left to give every rank one
+                batch_pos = len(batches)
+                break
             lr = inverse_sqrt_lr(update + 1, t.lr, t.warmup_updates, t.warmup_init_lr)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             alpha = alpha_at(m.schedule, m.alpha, update, m.total_updates, m.p, m.q)
             collated = [
                 collate([train_set[i] for i in idx], tok.pad_id, tok.bos_id, tok.eos_id)
-                for idx in group
+                for idx in group[world.rank :: world.size]  # this rank's share of the update
             ]
             try:
                 stats = train_step(
-                    model,
+                    runner,
                     optimizer,
                     collated,
                     method=m,
@@ -345,6 +420,8 @@ def run(
                     amp=amp,
                     clip_norm=t.clip_norm,
                     teacher=teacher,
+                    scaler=scaler,
+                    compile_loss=t.compile != "none",
                 )
             except NonFiniteLoss as e:
                 raise NonFiniteLoss(
@@ -358,6 +435,7 @@ def run(
             window["ce"] += stats.ce
             window["id"] += stats.id_loss
             window["tokens"] += stats.ntokens
+            skipped += stats.skipped
             for name, value in stats.aux.items():
                 aux_window[name] = aux_window.get(name, 0.0) + value
             bar.update(1)
@@ -372,6 +450,11 @@ def run(
                     "train/tokens_per_s": window["tokens"] / (now - window["time"]),
                 }
                 metrics |= {f"train/{k}": v / window["tokens"] for k, v in aux_window.items()}
+                if scaler is not None:
+                    metrics |= {
+                        "train/skipped_steps": skipped,
+                        "train/loss_scale": scaler.get_scale(),
+                    }
                 tracker.log_metrics(metrics, step=update)
                 bar.set_postfix(
                     loss=f"{metrics['train/loss']:.3f}",
@@ -381,17 +464,19 @@ def run(
                 window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "tokens": 0, "time": now}
                 aux_window = {}
             if t.validate_every and update % t.validate_every == 0:
-                checkpoint(run_validation())
-                last_validated = update
+                validate_and_save()
         if batch_pos >= len(batches):  # epoch finished
             epoch, batch_pos = epoch + 1, 0
             if not t.validate_every and update != last_validated:
-                checkpoint(run_validation())
-                last_validated = update
+                validate_and_save()
     bar.close()
     if update != last_validated:
-        checkpoint(run_validation())
+        validate_and_save()
+    if not world.main:  # rank 0 writes the last checkpoint and tests
+        distributed.shutdown()
+        return RunResult(update, best, None, None, save_dir)
     checkpoint(None, finished=True)
+    distributed.shutdown()
 
     # ---- test: best checkpoint, beam search, sacreBLEU on the raw references
     best_state = torch.load(save_dir / BEST, map_location=device, weights_only=False)

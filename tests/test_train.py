@@ -153,3 +153,68 @@ def test_bf16_autocast_path_trains_with_finite_losses(make_cfg, tmp_path):
         make_cfg([*SMALL_RUN, "trainer.precision=bf16"]), output_dir=tmp_path / "r", progress=False
     )
     assert result.updates == 6 and math.isfinite(result.best_valid_loss)
+
+
+def _tiny_step_setup():
+    from idistill.bench import build, training_batch
+    from idistill.config import MethodSettings
+    from idistill.sage import make_optimizer
+
+    model = build("transformer_tiny", 300, torch.device("cpu")).train()
+    optimizer = make_optimizer(model, "adamw", 1e-3, (0.9, 0.98), 1e-8, 0.0)
+    return model, optimizer, [training_batch(200, 300)], MethodSettings(k=3, alpha=1.0)
+
+
+def _step(model, optimizer, batches, method, **kwargs):
+    return train_mod.train_step(
+        model, optimizer, batches, method=method, alpha=1.0, pad_id=0, label_smoothing=0.1,
+        device=torch.device("cpu"), **kwargs,
+    )  # fmt: skip
+
+
+def test_fp16_loss_scaler_skips_an_overflowing_update_and_lowers_the_scale():
+    model, optimizer, batches, method = _tiny_step_setup()
+    scaler = train_mod.loss_scaler(torch.float16, torch.device("cpu"))
+    scaler._init_scale = 2.0**120  # scaled gradients overflow fp32: the update must be skipped
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stats = _step(model, optimizer, batches, method, amp=torch.float16, scaler=scaler)
+    assert stats.skipped and scaler.get_scale() < 2.0**120
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    scaler.update(2.0**10)  # a sane scale: the next update applies
+    stats = _step(model, optimizer, batches, method, amp=torch.float16, scaler=scaler)
+    assert not stats.skipped and math.isfinite(stats.loss)
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_fp16_run_logs_skipped_steps_and_the_loss_scale(make_cfg, tmp_path):
+    result = run(
+        make_cfg([*SMALL_RUN, "trainer.precision=fp16"], tracking=True),
+        output_dir=tmp_path / "r",
+        progress=False,
+    )
+    mlflow = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [r] = mlflow.search_runs([mlflow.get_experiment_by_name("synthetic").experiment_id])
+    assert result.updates == 6 and math.isfinite(result.best_valid_loss)
+    assert r.data.metrics["train/skipped_steps"] >= 0 and r.data.metrics["train/loss_scale"] > 0
+    assert "scaler" in torch.load(result.save_dir / LAST, weights_only=False)
+
+
+@pytest.mark.slow
+def test_compiled_fused_loss_trains_like_the_eager_one(monkeypatch):
+    """trainer.compile=loss: full chunks run through torch.compile'd kernels; one update gives
+    the eager update's loss and gradients (small chunks here, so both kinds of chunk occur)."""
+    from idistill import losses
+
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 3 * 300 * 64)  # 64 positions per chunk
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model, optimizer, batches, method = _tiny_step_setup()
+        torch.manual_seed(1)
+        stats = _step(model, optimizer, batches, method, compile_loss=compiled)
+        results.append((stats, [p.grad.clone() for p in model.parameters()]))
+    (eager, eager_g), (fast, fast_g) = results
+    assert fast.loss == pytest.approx(eager.loss, rel=1e-5)
+    assert fast.id_loss == pytest.approx(eager.id_loss, rel=1e-4)
+    for a, b in zip(fast_g, eager_g, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
