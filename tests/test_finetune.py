@@ -4,6 +4,7 @@ config refusals, and short real runs (MiniLM on real GLUE data) that log, export
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -150,6 +151,80 @@ def test_span_divergence_is_over_context_positions_only():
     keep = ctx[0].bool()
     only = [x[0, keep].T[None] for x in (a, c)]  # [1, 2, 3]
     assert divergence("x", outs, None).item() == pytest.approx(divergence("x", only).item())
+
+
+class _TinyClassifier(torch.nn.Module):
+    """ids -> mean embedding -> dropout -> [B, C]: the encoder's call signature, no download."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.out = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 3)
+        self.drop = torch.nn.Dropout(0.3)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.out(self.drop(self.emb(input_ids).mean(1)))
+
+
+def _step(alpha, alpha_per_batch, batches, k=3, lr=0.1):
+    from idistill.config import MethodSettings
+
+    torch.manual_seed(0)
+    model = _TinyClassifier()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    method = MethodSettings(k=k, alpha=alpha, divergence="x")
+    torch.manual_seed(1)
+    out = ft.finetune_step(
+        model, opt, batches, "classification", alpha, alpha_per_batch, method=method,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    return model, out
+
+
+def _batch(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 20, (n, 4), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "labels": torch.randint(0, 3, (n,), generator=g)}  # fmt: skip
+
+
+def test_step_normalises_both_terms_per_unit_and_alpha_per_batch_scales_by_its_size():
+    batches = [_batch(4, 0), _batch(2, 1)]  # accumulation over two batches of unequal size
+    _, (loss, ce, id_loss, units) = _step(0.5, False, batches)
+    assert units == 6 and id_loss > 0
+    assert loss == pytest.approx(ce + 0.5 * id_loss, rel=1e-5)  # sums over the 6 examples
+    _, (loss_b, ce_b, id_b, _) = _step(0.5, True, batches)
+    assert (ce_b, id_b) == pytest.approx((ce, id_loss), rel=1e-5)  # same dropout masks
+    # the paper's weighting: each batch's divergence times its own size (4 and 2 examples)
+    _, (_, _, id_1, _) = _step(0.5, True, batches[:1])  # the first batch alone, same masks
+    assert loss_b == pytest.approx(ce_b + 0.5 * (4 * id_1 + 2 * (id_b - id_1)), rel=1e-5)
+    # K = 1 is plain training: the gradient is the one of the mean cross-entropy
+    model, _ = _step(0.0, False, batches, k=1, lr=1.0)
+    torch.manual_seed(0)
+    ref = _TinyClassifier()
+    with torch.no_grad():
+        before = [p.clone() for p in ref.parameters()]
+    torch.manual_seed(1)
+    logits = torch.cat([ref(b["input_ids"], b["attention_mask"]) for b in batches])
+    F.cross_entropy(logits, torch.cat([b["labels"] for b in batches])).backward()
+    for p, p0, after in zip(ref.parameters(), before, model.parameters(), strict=True):
+        torch.testing.assert_close(after, p0 - p.grad)
+
+
+def test_step_with_a_non_finite_loss_leaves_the_weights_alone(monkeypatch):
+    real = ft.intra_distill_loss
+
+    def nan_loss(*args, **kwargs):
+        res = real(*args, **kwargs)
+        res.loss = res.loss * float("nan")
+        return res
+
+    monkeypatch.setattr(ft, "intra_distill_loss", nan_loss)
+    torch.manual_seed(0)
+    before = [p.clone() for p in _TinyClassifier().parameters()]
+    model, (loss, *_) = _step(0.5, False, [_batch(3, 0)])
+    assert math.isnan(loss)
+    for p0, p in zip(before, model.parameters(), strict=True):
+        torch.testing.assert_close(p, p0, rtol=0, atol=0)
 
 
 def test_linear_schedule_warms_up_and_decays_to_zero():
