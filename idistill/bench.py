@@ -154,11 +154,12 @@ def bench_train_step(
     vocab: int = 12_000,
     target_tokens: int = 4_000,
     amp: torch.dtype | None = None,
-    compile: bool = False,
+    compile: str = "loss",
     warmup: int = 1,
     repeats: int = 3,
 ) -> dict:
-    """One optimizer update of `model_name` on ~`target_tokens` target tokens (K passes)."""
+    """One optimizer update of `model_name` on ~`target_tokens` target tokens (K passes).
+    compile: as trainer.compile (none | loss | model)."""
     from idistill.sage import make_optimizer
     from idistill.train import train_step
 
@@ -167,12 +168,12 @@ def bench_train_step(
     optimizer = make_optimizer(model, "adamw", 5e-4, (0.9, 0.98), 1e-8, 1e-4)
     batch = training_batch(target_tokens, vocab)
     method = MethodSettings(k=k, alpha=5.0, passes=passes, schedule="constant")
-    runner = torch.compile(model) if compile else model
+    runner = torch.compile(model) if compile == "model" else model
 
     def step():
         return train_step(
             runner, optimizer, [batch], method=method, alpha=5.0, pad_id=PAD,
-            label_smoothing=0.1, device=device, amp=amp,
+            label_smoothing=0.1, device=device, amp=amp, compile_loss=compile != "none",
         )  # fmt: skip
 
     flops = count_flops(step)  # doubles as the first warm-up step
@@ -201,8 +202,8 @@ def bench_divergence(
     vocab: int = 12_000,
     repeats: int = 3,
 ) -> dict:
-    """The X divergence alone, forward + backward: ours ("fused") or the plain autograd
-    formula ("autograd"), on random logits [K, tokens, vocab]."""
+    """The X divergence alone, forward + backward, on random logits [K, tokens, vocab]: the
+    plain autograd formula ("autograd"), ours eager ("fused") or torch.compile'd ("compiled")."""
     from idistill.losses import divergence
 
     torch.manual_seed(0)
@@ -214,9 +215,9 @@ def bench_divergence(
         ((logp.exp() - log_pbar.exp()) * (logp - log_pbar)).sum().div(k).backward()
 
     def fused():
-        divergence("x", list(logits.unbind(0))).backward()
+        divergence("x", list(logits.unbind(0)), compiled=impl == "compiled").backward()
 
-    t = measure(fused if impl == "fused" else plain, device, warmup=1, repeats=repeats)
+    t = measure(plain if impl == "autograd" else fused, device, warmup=1, repeats=repeats)
     return {
         "impl": impl, "k": k, "tokens": tokens, "vocab": vocab,
         "ms": 1000 * t.seconds, "peak_mb": t.peak_bytes / 2**20,

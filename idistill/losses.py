@@ -19,7 +19,9 @@ CLASSIFICATION_DIVERGENCES = ("x", "js", "jeffrey")
 log = logging.getLogger(__name__)
 
 
-def divergence(name: str, outputs: list[Tensor], mask: Tensor | None = None) -> Tensor:
+def divergence(
+    name: str, outputs: list[Tensor], mask: Tensor | None = None, *, compiled: bool = False
+) -> Tensor:
     """Divergence between K outputs, summed over the positions where `mask` is True.
 
     outputs: K tensors [..., V] of logits ("x", "js", "jeffrey"; softmax is taken here) or
@@ -29,7 +31,8 @@ def divergence(name: str, outputs: list[Tensor], mask: Tensor | None = None) -> 
       js      = (1/K) sum_i KL(p_i||p_bar)
       jeffrey = (1/K^2) sum_i sum_j [KL(p_i||p_j) + KL(p_j||p_i)]     (eq. 14 / K^2; R-Drop at K=2)
       mse     = (1/K) sum_i (p_i - p_bar)^2                            (paper eq. 9)
-    Returns a float32 scalar; 0 when K == 1.
+    Returns a float32 scalar; 0 when K == 1. compiled: torch.compile'd chunk kernels (see
+    `_FusedOutputLoss`).
     """
     if name not in DIVERGENCES:
         raise ValueError(
@@ -62,7 +65,7 @@ def divergence(name: str, outputs: list[Tensor], mask: Tensor | None = None) -> 
         return (values - values.mean(0)).pow(2).sum() / k
 
     logits = torch.stack(outputs)  # [K, ..., V]
-    return _fused(logits.reshape(k, -1, logits.shape[-1]), None, mask, 0.0, name)[1]
+    return _fused(logits.reshape(k, -1, logits.shape[-1]), None, mask, 0.0, name, compiled)[1]
 
 
 class LabelSmoothedCE:
