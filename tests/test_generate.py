@@ -77,6 +77,42 @@ def greedy_by_full_forwards(model, src: torch.Tensor, max_len: int) -> list[int]
     raise AssertionError("unreachable")
 
 
+def beam_by_full_forwards(model, src: torch.Tensor, beam: int, len_penalty: float, max_len: int):
+    """fairseq's beam search for one sentence [1, S], written plainly: every hypothesis is
+    re-run from bos (no cache, no batching); the reference for the fast implementation."""
+    active: list[tuple[float, list[int]]] = [(0.0, [BOS])]  # (cumulative log-prob, tokens)
+    finished: list[tuple[float, list[int]]] = []
+    for step in range(max_len + 1):
+        candidates = []  # (score, rank of the hypothesis, token), ranked as topk over [beam, V]
+        for rank, (score, tokens) in enumerate(active):
+            lprobs = model(src, torch.tensor([tokens])).float().log_softmax(-1)[0, -1]  # [V]
+            lprobs[[PAD, BOS]] = -math.inf
+            if step == 0:
+                lprobs[EOS] = -math.inf  # fairseq's min_len = 1
+            if step >= max_len:  # at the limit only eos may follow
+                lprobs[torch.arange(V) != EOS] = -math.inf
+            candidates += [(score + lp, rank, tok) for tok, lp in enumerate(lprobs.tolist())]
+        candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+        top = candidates[: 2 * beam]
+        for score, rank, tok in top[:beam]:  # eos among the best `beam` finishes a hypothesis
+            if tok == EOS and math.isfinite(score) and len(finished) < beam:
+                finished.append((score / (step + 1) ** len_penalty, active[rank][1][1:]))
+        if len(finished) == beam or step >= max_len:
+            break
+        active = [(s, active[r][1] + [t]) for s, r, t in top if t != EOS][:beam]
+    return max(finished, key=lambda h: h[0])[1]
+
+
+@pytest.mark.parametrize("len_penalty", [1.0, 0.6])
+def test_beam_search_equals_an_unbatched_uncached_reference(random_model, len_penalty):
+    src, _ = copy_batch(torch.Generator().manual_seed(11), 10)  # rows of different lengths
+    hyps = beam_search(random_model, src, beam=5, len_penalty=len_penalty, **SPECIAL)
+    for row, hyp in zip(src, hyps, strict=True):
+        row = row[row != PAD][None]  # [1, S]
+        limit = int(1.2 * row.shape[1] + 10)
+        assert hyp == beam_by_full_forwards(random_model, row, 5, len_penalty, limit)
+
+
 def test_beam_one_equals_greedy_decoding(random_model):
     src, _ = copy_batch(torch.Generator().manual_seed(3), 6)
     hyps = beam_search(random_model, src, beam=1, max_len_a=0.5, max_len_b=3, **SPECIAL)
