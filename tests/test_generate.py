@@ -103,14 +103,27 @@ def beam_by_full_forwards(model, src: torch.Tensor, beam: int, len_penalty: floa
     return max(finished, key=lambda h: h[0])[1]
 
 
+@pytest.fixture(scope="module")
+def eos_model() -> Seq2SeqTransformer:
+    """Random weights with a 4x larger eos row: hypotheses end at different steps, so beam
+    width and length penalty change the results (a plain random model runs to the limit)."""
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(transformer_config("transformer_tiny", V, PAD)).eval()
+    with torch.no_grad():
+        model.output_projection.weight[EOS] *= 4.0
+    return model
+
+
 @pytest.mark.parametrize("len_penalty", [1.0, 0.6])
-def test_beam_search_equals_an_unbatched_uncached_reference(random_model, len_penalty):
+def test_beam_search_equals_an_unbatched_uncached_reference(eos_model, len_penalty):
     src, _ = copy_batch(torch.Generator().manual_seed(11), 10)  # rows of different lengths
-    hyps = beam_search(random_model, src, beam=5, len_penalty=len_penalty, **SPECIAL)
+    hyps = beam_search(eos_model, src, beam=5, len_penalty=len_penalty, **SPECIAL)
+    assert hyps != beam_search(eos_model, src, beam=4, len_penalty=len_penalty, **SPECIAL)
+    assert len({len(h) for h in hyps}) > 3  # hypotheses end early and late
     for row, hyp in zip(src, hyps, strict=True):
         row = row[row != PAD][None]  # [1, S]
         limit = int(1.2 * row.shape[1] + 10)
-        assert hyp == beam_by_full_forwards(random_model, row, 5, len_penalty, limit)
+        assert hyp == beam_by_full_forwards(eos_model, row, 5, len_penalty, limit)
 
 
 def test_beam_one_equals_greedy_decoding(random_model):
