@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -264,6 +265,11 @@ def _check_head(data: NLUData, divergence: str, task_name: str) -> None:
 
 def _start(s: RunSettings, out_dir: Path, resume_dir: Path | None):
     """Device, autocast dtype (bf16 on CUDA), threads, seeds, and the checkpoint directory."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "NLU fine-tuning runs in one process; torchrun (DDP) is for translation so far: "
+            "run idistill without torchrun"
+        )
     device = pick_device(s.trainer.device)
     if s.trainer.num_threads:
         torch.set_num_threads(s.trainer.num_threads)

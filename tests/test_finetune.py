@@ -453,3 +453,10 @@ def test_each_method_of_each_glue_experiment_trains_two_updates(make_cfg, tmp_pa
     overrides += ["model=minilm_local", "trainer.max_updates=2", "trainer.max_epochs=1"]
     result = run(make_cfg(overrides), output_dir=tmp_path / "o", progress=False)
     assert result.updates == 2 and "dev/accuracy" in result.metrics
+
+
+def test_fine_tuning_refuses_torchrun(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    s = _settings(make_cfg, ["experiment=glue_cpu"])
+    with pytest.raises(ConfigError, match="runs in one process"):
+        ft._start(s, tmp_path, None)
