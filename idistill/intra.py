@@ -21,7 +21,7 @@ class IntraLoss:
     task: Tensor  # mean over passes of the task loss (detached)
     id_loss: Tensor  # the divergence (detached); 0 when k == 1
     alpha: float
-    outputs: list[Tensor]  # the K outputs, for callers that need them (e.g. nll logging)
+    outputs: list[Tensor]  # the K outputs (LabelSmoothedCE: hold their gradient after backward)
 
 
 def _repeat(batch: Batch, k: int) -> Batch:
@@ -106,6 +106,7 @@ def _fused_step(forward, batch, task_loss, k, alpha, divergence, passes, mask) -
         divergence,
         mask,
         compiled=task_loss.compiled,
+        reuse=True,  # the outputs' memory takes their gradient
     )
     loss = task + alpha * id_loss
     return IntraLoss(loss, task.detach(), id_loss.detach(), alpha, list(logits.unbind(0)))

@@ -65,7 +65,8 @@ def divergence(
         return (values - values.mean(0)).pow(2).sum() / k
 
     logits = torch.stack(outputs)  # [K, ..., V]
-    return _fused(logits.reshape(k, -1, logits.shape[-1]), None, mask, 0.0, name, compiled)[1]
+    flat = logits.reshape(k, -1, logits.shape[-1])  # our own copy: its memory takes the gradient
+    return _fused(flat, None, mask, 0.0, name, compiled, reuse=True)[1]
 
 
 class LabelSmoothedCE:
@@ -95,6 +96,7 @@ def intra_output_loss(
     name: str,
     mask: Tensor | None = None,
     compiled: bool = False,
+    reuse: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(mean over the K passes of the summed label-smoothed CE, divergence) of logits
     [K, ..., V] against target [...], in one pass over the logits.
@@ -104,6 +106,8 @@ def intra_output_loss(
     the backward pass: it recomputes chunk by chunk and writes one gradient. name: "x", "js"
     or "jeffrey"; mask None means every position whose target is not ignore_index.
     compiled: full chunks run through torch.compile'd kernels (eager if compiling fails).
+    reuse: the backward writes the logits' gradient into the logits' own memory (no second
+    [K, ..., V] tensor); only for logits nothing else reads after the backward pass.
     """
     if name not in CLASSIFICATION_DIVERGENCES:
         raise ValueError(
@@ -125,7 +129,8 @@ def intra_output_loss(
     if mask is None:
         mask = keep
     flat = logits.reshape(k, -1, vocab)  # a view when the K passes were one concatenated forward
-    return _fused(flat, (target.reshape(-1), keep.reshape(-1)), mask, epsilon, name, compiled)
+    ce = (target.reshape(-1), keep.reshape(-1))
+    return _fused(flat, ce, mask, epsilon, name, compiled, reuse)
 
 
 def _fused(
@@ -135,6 +140,7 @@ def _fused(
     epsilon: float,
     name: str,
     compiled: bool = False,
+    reuse: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(CE, divergence) of logits [K, N, V]; ce = (target [N], counted [N]) or None."""
     k, n, _ = logits.shape
@@ -144,12 +150,13 @@ def _fused(
         counted |= ce[1]
     counted |= div_w
     rows = counted.nonzero().squeeze(1)  # [M] positions that count for either term
+    idle = (~counted).nonzero().squeeze(1) if reuse else None  # the rest: zero gradient
     ce_w = (ce[1][rows] if ce is not None else torch.zeros_like(rows, dtype=torch.bool)).float()
     div_w = div_w[rows].float() if k > 1 else torch.zeros_like(ce_w)
     target = ce[0][rows] if ce is not None else torch.zeros_like(rows)
     terms = ("js" if name == "js" else "x", ce is not None, k > 1)
     value_ce, value_div = _FusedOutputLoss.apply(
-        logits, rows, target, ce_w, div_w, epsilon, terms, compiled
+        logits, rows, target, ce_w, div_w, epsilon, terms, compiled, idle
     )
     # jeffrey: since sum_i (p_i - p_bar) = 0, x = (1/K^2) sum_ij KL(p_i||p_j), so the
     # symmetric pairwise sum (eq. 14 / K^2) is exactly twice x; no [K, K, ..., V] tensor.
@@ -181,7 +188,7 @@ class _FusedOutputLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, rows, target, ce_w, div_w, epsilon, terms, compiled):
+    def forward(ctx, logits, rows, target, ce_w, div_w, epsilon, terms, compiled, idle):
         k, _, vocab = logits.shape
         m, step = rows.numel(), _chunk(logits)
         scalars = (epsilon, epsilon / (vocab - 1), *terms)
@@ -198,16 +205,18 @@ class _FusedOutputLoss(torch.autograd.Function):
             total_div += div
             lse_all[:, lo:hi] = lse
             spread_all[:, lo:hi] = spread
-        ctx.save_for_backward(logits, rows, target, ce_w, div_w, lse_all, spread_all)
+        ctx.save_for_backward(logits, rows, target, ce_w, div_w, lse_all, spread_all, idle)
         ctx.scalars, ctx.compiled = scalars, compiled
         return total_ce / k, total_div / k
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_ce: Tensor, grad_div: Tensor):
-        logits, rows, target, ce_w, div_w, lse_all, spread_all = ctx.saved_tensors
+        logits, rows, target, ce_w, div_w, lse_all, spread_all, idle = ctx.saved_tensors
         m, step = rows.numel(), _chunk(logits)
-        grad = torch.zeros_like(logits)  # [K, N, V]; positions outside `rows` get 0
+        # [K, N, V], 0 outside `rows`; with `idle`, the logits' own memory (each chunk is read
+        # before it is overwritten)
+        grad = torch.zeros_like(logits) if idle is None else logits.index_fill_(1, idle, 0)
         for lo in range(0, m, step):
             hi = min(lo + step, m)
             fn = _kernel("backward", ctx.compiled and hi - lo == step, logits.device.type)
@@ -221,7 +230,7 @@ class _FusedOutputLoss(torch.autograd.Function):
                 *ctx.scalars,
             )
             grad.index_copy_(1, rows[lo:hi], g.to(grad.dtype))
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None
 
 
 def _forward_chunk(z, target, ce_w, div_w, epsilon, eps_i, kind, with_ce, with_div):

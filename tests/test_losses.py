@@ -228,7 +228,10 @@ def _generic_output_loss(logits, target, epsilon, pad, name, mask):
 @pytest.mark.parametrize("name", CLASSIFICATION_DIVERGENCES)
 @pytest.mark.parametrize("chunk_elements", [1, 50, 1 << 21])
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_fused_ce_and_divergence_match_the_unfused_losses(monkeypatch, name, chunk_elements, k):
+@pytest.mark.parametrize("reuse", [False, True])
+def test_fused_ce_and_divergence_match_the_unfused_losses(
+    monkeypatch, name, chunk_elements, k, reuse
+):
     monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(10 + k)
     pad = 0
@@ -236,8 +239,11 @@ def test_fused_ce_and_divergence_match_the_unfused_losses(monkeypatch, name, chu
     target[0, 3:] = pad
     target[1, 4] = pad
     logits = (3 * torch.randn(k, 2, 5, 7, dtype=torch.float64)).requires_grad_()
-    ce, div = losses.intra_output_loss(logits, target, 0.1, pad, name)
+    produced = logits * 1.0  # a model's output, whose memory `reuse` turns into its gradient
+    ce, div = losses.intra_output_loss(produced, target, 0.1, pad, name, reuse=reuse)
     (0.7 * ce + 1.9 * div).backward()
+    if reuse:
+        torch.testing.assert_close(produced.detach(), logits.grad)
     ref_logits = logits.detach().clone().requires_grad_()
     ref_ce, ref_div = _generic_output_loss(ref_logits, target, 0.1, pad, name, target != pad)
     (0.7 * ref_ce + 1.9 * ref_div).backward()
