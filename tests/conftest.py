@@ -1,5 +1,5 @@
 """Shared fixtures: composing configs the way the CLI does, a small synthetic run, the local
-MiniLM tokenizer."""
+MiniLM tokenizer and a sentencepiece-style tokenizer laid out as XLM-R's."""
 
 from __future__ import annotations
 
@@ -59,3 +59,39 @@ def minilm_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def xlmr_style_tokenizer():
+    """A small unigram tokenizer with XLM-R's layout, trained here in a second: "▁" word
+    prefixes (offsets include the space before a word), `<s> A </s></s> B </s>` for pairs, no
+    token type ids. Stands in for xlm-roberta-*, which cannot be downloaded in tests."""
+    pytest.importorskip("transformers", reason="needs the nlu extra: pip install 'idistill[nlu]'")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import XLMRobertaTokenizerFast
+
+    sentence = "The quantum field theory began in 1920 by the Saunders river, (Lawrence) city."
+    words = sentence.split(" ")
+    text = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    trainer = trainers.UnigramTrainer(
+        vocab_size=200, special_tokens=specials, unk_token="<unk>", show_progress=False
+    )
+    tok.train_from_iterator(text * 20, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    return XLMRobertaTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<unk>",
+    )

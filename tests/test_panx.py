@@ -98,6 +98,20 @@ def test_only_the_first_sub_token_of_a_word_is_labelled(minilm_tokenizer):
     assert cols["label_words"][1] == list(range(7))
 
 
+def test_first_pieces_with_an_xlmr_style_tokenizer(xlmr_style_tokenizer):
+    sents = [(["(", "Saunders", "River", ")"], ["O", "B-LOC", "I-LOC", "O"])]
+    cols = panx.encode(sents, xlmr_style_tokenizer, 128)
+    tokens = xlmr_style_tokenizer.convert_ids_to_tokens(cols["input_ids"][0])
+    labels = cols["labels"][0]
+    assert (tokens[0], labels[0]) == ("<s>", -100) and (tokens[-1], labels[-1]) == ("</s>", -100)
+    firsts = [t for t, label in enumerate(labels) if label != -100]
+    assert [labels[t] for t in firsts] == [panx.LABEL_ID[t] for t in sents[0][1]]
+    assert all(
+        tokens[t].startswith("\u2581") for t in firsts
+    )  # each word's "▁" piece (or "▁" alone)
+    assert len(tokens) > len(firsts) + 2  # and there are continuation pieces, at -100
+
+
 @needs_panx
 def test_minus_100_on_special_and_continuation_sub_tokens(minilm_tokenizer):
     sents = panx.read_xtreme(PANX / "dev-de.tsv", "de")[:300]

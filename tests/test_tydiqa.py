@@ -144,6 +144,38 @@ def test_long_questions_are_cut_to_max_query_length(minilm_tokenizer):
     assert tuple(cols["positions"][0]) == (12, 12)
 
 
+@needs_tydiqa
+def test_xlmr_layout_windows_and_answers(xlmr_style_tokenizer):
+    exs = tydiqa.read_squad(TYDIQA / "tydiqa.goldp.en.dev.json")
+    cols = tydiqa.encode(exs, xlmr_style_tokenizer, 256, 64, 64)
+    assert "token_type_ids" not in cols  # XLM-R has none: the context is found by sequence ids
+    windows: dict[int, list[list[int]]] = {}
+    exact = set()
+    for ids, mask, (start, end), (i,), chars, ends in zip(
+        cols["input_ids"],
+        cols["context_mask"],
+        cols["positions"],
+        cols["example"],
+        cols["char_start"],
+        cols["char_end"],
+        strict=True,
+    ):
+        assert xlmr_style_tokenizer.convert_ids_to_tokens(ids[:1]) == ["<s>"]
+        assert mask == [int(t == 0 or c >= 0) for t, c in enumerate(chars)]
+        windows.setdefault(i, []).append([c for c in chars if c >= 0])
+        # "▁word" offsets start at the space before the word
+        if (start, end) != (0, 0) and exs[i].context[chars[start] : ends[end]].strip() == (
+            exs[i].answers[0][0]
+        ):
+            exact.add(i)
+    assert len(exact) >= 0.95 * len(exs)
+    for ws in windows.values():
+        for this, following in zip(ws, ws[1:], strict=False):
+            assert following[0] == this[64]  # 4 special tokens in a pair, as XLM-R
+    scores = tydiqa.scorer(cols, exs, 20, 10_000)(_oracle(cols))
+    assert scores["exact_match"] >= 95.0
+
+
 # ---- SQuAD v1.1 scoring
 
 

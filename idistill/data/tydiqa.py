@@ -336,7 +336,8 @@ def scorer(cols: dict[str, list[list[int]]], exs: list[Example], n_best: int, ma
                 best[index] = span
         texts = {ex.id: "" for ex in exs}
         for index, (_, start, end) in best.items():
-            texts[exs[index].id] = exs[index].context[start:end]
+            # strip: sentencepiece offsets ("▁word") include the space before the word
+            texts[exs[index].id] = exs[index].context[start:end].strip()
         return squad_scores(texts, {ex.id: [a for a, _ in ex.answers] for ex in exs})
 
     return score
