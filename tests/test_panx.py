@@ -249,3 +249,25 @@ def test_a_failed_download_says_how_to_run_offline(monkeypatch):
     with pytest.raises(DataSourceError, match="no network") as err:
         panx.sentences(_task(source=None), "dev", "de")
     assert "task.source=" in str(err.value) and "model.name_or_path=" in str(err.value)
+
+
+def test_online_rows_become_sentences_with_tag_names(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+        }
+    )
+    rows = {"tokens": [["Anna", "lebt", "in", "Berlin"]], "ner_tags": [[1, 0, 0, 5]]}
+    calls = []
+
+    def load_dataset(path, name, split):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_dict(rows, features=features)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    got = panx.sentences(_task(source=None), "dev", "de")
+    assert got == [(["Anna", "lebt", "in", "Berlin"], ["B-PER", "O", "O", "B-LOC"])]
+    assert calls == [("unimelb-nlp/wikiann", "de", "validation")]

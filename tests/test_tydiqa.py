@@ -287,3 +287,28 @@ def test_offline_without_source_names_both_overrides(monkeypatch):
     with pytest.raises(ConfigError) as err:
         tydiqa.check(_task(source=None))
     assert "task.source=" in str(err.value) and "model.name_or_path=" in str(err.value)
+
+
+def test_online_rows_are_split_by_the_language_of_their_ids(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    rows = [
+        {
+            "id": f"{name}-{i}",
+            "title": "t",
+            "context": "Nairobi ni mji mkuu.",
+            "question": "Mji mkuu?",
+            "answers": {"text": ["Nairobi"], "answer_start": [0]},
+        }
+        for i, name in enumerate(["english", "swahili", "swahili"])
+    ]
+    calls = []
+
+    def load_dataset(path, name, split):
+        calls.append((path, name, split))
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    got = tydiqa.examples(_task(source=None), "dev", "sw")
+    assert [ex.id for ex in got] == ["swahili-1", "swahili-2"]
+    assert got[0].answers == [("Nairobi", 0)] and got[0].question == "Mji mkuu?"
+    assert calls == [("google-research-datasets/tydiqa", "secondary_task", "validation")]
