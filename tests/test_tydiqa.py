@@ -70,6 +70,14 @@ def test_reads_the_shared_squad_files():
     assert ex.answers == [("Wound care", 0)] and ex.context.startswith("Wound care encourages")
 
 
+def test_a_split_without_questions_is_refused(tmp_path, minilm_tokenizer):
+    for name in ("tydiqa.goldp.en.train.json", "tydiqa.goldp.en.dev.json"):
+        (tmp_path / name).write_text('{"data": []}')
+    task = _task(source=str(tmp_path), eval_langs=["en"])
+    with pytest.raises(DataSourceError, match="train en has no questions"):
+        tydiqa.load(task, minilm_tokenizer, tmp_path / "cache")
+
+
 def test_a_file_that_is_not_squad_json_is_named(tmp_path):
     bad = tmp_path / "tydiqa.goldp.en.dev.json"
     bad.write_text('{"data": [{"title": "x"}]}')

@@ -367,6 +367,8 @@ def _encoded(task, split, lang, tokenizer, tok_key, data_dir, limit):
 
     def build(out: Path) -> None:
         exs = examples(task, split, lang)[:limit] if limit else examples(task, split, lang)
+        if not exs:
+            raise DataSourceError(f"TyDiQA-GoldP {split} {lang} has no questions")
         if split == "train":  # an answer that is not at its offset cannot be trained on
             kept = [ex for ex in exs if _answer_found(ex)]
             if len(kept) < len(exs):
