@@ -271,6 +271,7 @@ def normalize_answer(text: str) -> str:
 
 
 def exact_match(prediction: str, gold: str) -> float:
+    """1.0 when the normalized answers are equal, else 0.0."""
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
@@ -291,8 +292,8 @@ def squad_scores(predictions: dict[str, str], golds: dict[str, list[str]]) -> di
     em = f1 = 0.0
     for qid, answers in golds.items():
         pred = predictions.get(qid, "")
-        em += max(exact_match(pred, a) for a in answers)
-        f1 += max(token_f1(pred, a) for a in answers)
+        em += max((exact_match(pred, a) for a in answers), default=0.0)
+        f1 += max((token_f1(pred, a) for a in answers), default=0.0)
     return {"exact_match": 100.0 * em / len(golds), "f1": 100.0 * f1 / len(golds)}
 
 
