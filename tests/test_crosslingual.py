@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+
+from idistill.config import settings_from_dict
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 RUNS = {  # task -> (overrides, languages, metrics)
     "ner": (
         [
@@ -30,6 +34,27 @@ RUNS = {  # task -> (overrides, languages, metrics)
         ("f1", "exact_match"),
     ),
 }
+
+
+@pytest.mark.parametrize(
+    ("experiment", "expected"),
+    [
+        ("table5", dict(task="ner", model="xlmr_large", epochs=10, lr=2e-5, batch=(8, 4))),
+        ("table5_tydiqa", dict(task="tydiqa", model="xlmr_base", epochs=15, lr=3e-5, batch=(4, 8))),
+    ],
+)
+def test_table5_experiments_hold_the_paper_settings(make_cfg, experiment, expected):
+    cfg = make_cfg([f"experiment={experiment}"])
+    s = settings_from_dict(OmegaConf.to_container(cfg, resolve=True))
+    assert (s.task["name"], s.model["name"]) == (expected["task"], expected["model"])
+    assert (s.trainer.max_epochs, s.trainer.lr) == (expected["epochs"], expected["lr"])
+    assert (s.trainer.batch_size, s.trainer.update_freq) == expected["batch"]
+    assert (s.method.name, s.method.k, s.method.alpha) == ("intra_distill", 3, 1.0)
+    assert s.task["alpha_per"] == "batch"
+    baseline = make_cfg([f"experiment={experiment}", "method=baseline"])  # no method.* set
+    assert settings_from_dict(OmegaConf.to_container(baseline, resolve=True)).method.alpha == 0.0
+    sweep = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+    assert (sweep.method, sweep.seed) == ("baseline,intra_distill", "1,2,3,4,5")
 
 
 @pytest.mark.slow
