@@ -338,6 +338,7 @@ def test_glue_alpha_per_task_comes_from_the_task_unless_given(make_cfg):
         for g in ("cola", "rte", "mrpc")
     }
     assert alphas == {"cola": 0.5, "rte": 1.0, "mrpc": 1.5}
+    assert _settings(make_cfg, ["experiment=table4", "task.glue_task=rte"]).method.alpha == 1.0
     s = _settings(make_cfg, ["experiment=table4", "glue_task=stsb", "divergence=mse"])
     assert (s.method.alpha, s.method.divergence) == (1.0, "mse")
     assert _settings(make_cfg, ["experiment=table4", "method.alpha=3"]).method.alpha == 3.0
