@@ -269,10 +269,6 @@ def validate(s: RunSettings) -> None:
         f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {t.precision!r})",
     )
     _require(
-        not (t.precision == "fp16" and s.task.get("type") == "nlu"),
-        "trainer.precision=fp16 (loss scaling) is implemented for translation; use bf16 here",
-    )
-    _require(
         t.compile in COMPILE,
         f"trainer.compile must be one of {', '.join(COMPILE)} (got {t.compile!r})",
     )
