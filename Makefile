@@ -7,6 +7,11 @@ TORCH  ?= torch==2.13.0
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
+# jemalloc for the CPU targets where it is installed (Debian: apt install libjemalloc2): less
+# memory and no page faults on large tensors. `make bench JEMALLOC=` uses glibc's malloc.
+JEMALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2 /usr/lib/libjemalloc.so.2))
+PRELOAD := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC))
+
 .PHONY: install demo test test-slow bench lint format ui clean
 
 $(BIN)/idistill: pyproject.toml
@@ -32,7 +37,7 @@ test-slow: install  ## the slow tests: real CLI runs, sweeps, real data
 	$(BIN)/pytest -q -m slow
 
 bench: install  ## idistill-bench: training step, divergence, beam search, data path (~5 min on 2 cores)
-	$(BIN)/idistill-bench
+	$(PRELOAD) $(BIN)/idistill-bench
 
 lint: install
 	$(BIN)/ruff check .
