@@ -7,9 +7,11 @@ TORCH  ?= torch==2.13.0
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-# jemalloc for the CPU targets where it is installed (Debian: apt install libjemalloc2): less
-# memory and no page faults on large tensors. `make bench JEMALLOC=` uses glibc's malloc.
-JEMALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2 /usr/lib/libjemalloc.so.2))
+# Another allocator for the benchmark, e.g. Debian's libjemalloc2:
+#   make bench JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+# Off by default: on the 2-core build machine it used ~25% less memory but made steps 30-50%
+# slower (README, Performance).
+JEMALLOC ?=
 PRELOAD := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC))
 
 .PHONY: install demo test test-slow bench lint format ui clean

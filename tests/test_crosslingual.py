@@ -96,3 +96,15 @@ def test_a_few_updates_log_the_metrics_of_every_language(
             assert 0.0 <= r.data.metrics[f"dev/{lang}/{metric}"] <= 100.0
     assert not any(name.startswith("test/") for name in r.data.metrics)  # offline: no test tags
     assert (r.data.metrics["train/id_loss"] > 0) == (method == "intra_distill")
+
+
+@pytest.mark.parametrize("task", ["ner", "tydiqa", "glue"])
+def test_plain_nlu_tasks_normalise_alpha_per_unit_and_the_paper_experiments_per_batch(
+    make_cfg, task
+):
+    """idistill's own normalisation by default; the paper's experiments set the paper's."""
+    extra = ["glue_task=rte"] if task == "glue" else []
+    cfg = make_cfg([f"task={task}", "model=minilm_local", "trainer=finetune", *extra])
+    assert cfg.task.alpha_per == "unit"
+    experiment = {"ner": "ner", "tydiqa": "tydiqa", "glue": "glue_cpu"}[task]
+    assert make_cfg([f"experiment={experiment}"]).task.alpha_per == "batch"
