@@ -254,7 +254,7 @@ def bench_beam_search(
     model = build(model_name, vocab, device).eval()
     sources = [collate([examples[i] for i in idx], PAD, BOS, EOS)["src_tokens"] for idx in batches]
 
-    def ours():
+    def ours(sources):
         out = []
         for src in sources:
             out += beam_search(
@@ -263,24 +263,27 @@ def bench_beam_search(
             )  # fmt: skip
         return sum(len(h) + 1 for h in out)
 
-    rows = [_generation_row("idistill beam_search", ours, sentences, device)]
+    rows = [_generation_row("idistill beam_search", ours, sources, sentences, device)]
     if hf:
         try:
-            hf_generate = _hf_generator(model.cfg, sources, beam, device)
+            hf_generate = _hf_generator(model.cfg, beam, device)
         except ImportError:
             rows.append({"decoder": "transformers generate", "skipped": "not installed"})
         else:
             rows.append(
-                _generation_row("transformers generate (Marian)", hf_generate, sentences, device)
+                _generation_row(
+                    "transformers generate (Marian)", hf_generate, sources, sentences, device
+                )
             )
     return rows
 
 
-def _generation_row(name: str, fn: Callable[[], int], sentences: int, device) -> dict:
-    fn()  # warm-up; also gives the token count
+def _generation_row(name: str, fn, sources: list, sentences: int, device) -> dict:
+    """Sentences/s and tokens/s of fn(sources) -> generated tokens, after a one-batch warm-up."""
+    fn(sources[:1])
     _sync(device)
     start = time.perf_counter()
-    tokens = fn()
+    tokens = fn(sources)
     _sync(device)
     seconds = time.perf_counter() - start
     return {
@@ -292,7 +295,7 @@ def _generation_row(name: str, fn: Callable[[], int], sentences: int, device) ->
     }
 
 
-def _hf_generator(cfg, sources: list[torch.Tensor], beam: int, device) -> Callable[[], int]:
+def _hf_generator(cfg, beam: int, device) -> Callable[[list], int]:
     """HF MarianMT with our model's sizes (random weights, no download) and a generate loop."""
     from transformers import MarianConfig, MarianMTModel
 
@@ -308,7 +311,7 @@ def _hf_generator(cfg, sources: list[torch.Tensor], beam: int, device) -> Callab
     model = MarianMTModel(hf_cfg).to(device).eval()
 
     @torch.no_grad()
-    def generate() -> int:
+    def generate(sources) -> int:
         tokens = 0
         for src in sources:
             src = src.to(device)
