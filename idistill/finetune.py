@@ -56,7 +56,8 @@ class FinetuneResult:
     updates: int
     best_dev: float  # the task's metric on data.select_on, at the best checkpoint
     metrics: dict[str, float]  # every eval set scored with the best checkpoint: "<set>/<metric>"
-    objective: float | None  # what a Hydra sweep returns: test/<metric> if scored, else dev's
+    objective: float | None  # what a sweep returns: test/<metric> (the mean over languages of a
+    # zero-shot task) if the test set is scored, else the selection set's metric
     save_dir: Path
     test_bleu: None = None  # translation's field, absent here
 
@@ -450,6 +451,13 @@ def run(
         final |= {f"{name}/{k}": v for k, v in eval_set.score(outputs).items()}
         if eval_set.write is not None:
             tracker.log_artifact(eval_set.write(outputs, out_dir / "predictions"), "predictions")
+    for split in ("dev", "test"):  # zero-shot tasks: the mean over languages, as the paper reports
+        per_lang = [
+            v for k, v in final.items() if k.startswith(f"{split}/") and k.count("/") == 2
+            and k.endswith(f"/{data.metric}")
+        ]  # fmt: skip
+        if len(per_lang) > 1:
+            final[f"{split}/avg/{data.metric}"] = sum(per_lang) / len(per_lang)
     tracker.log_metrics({**final, f"best/{data.select_on}/{data.metric}": best}, step=update)
     log.info(
         "best checkpoint (update %d): %s",
@@ -459,5 +467,6 @@ def run(
     test_key = next(
         (k for k in final if k.startswith("test") and k.endswith(f"/{data.metric}")), None
     )
-    objective = final.get(test_key or f"{data.select_on}/{data.metric}")
+    keys = (f"test/avg/{data.metric}", test_key, f"{data.select_on}/{data.metric}")
+    objective = next((final[k] for k in keys if k in final), None)
     return FinetuneResult(update, best, final, objective, save_dir)

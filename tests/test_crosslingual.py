@@ -94,6 +94,9 @@ def test_a_few_updates_log_the_metrics_of_every_language(
     for lang in langs:
         for metric in metrics:
             assert 0.0 <= r.data.metrics[f"dev/{lang}/{metric}"] <= 100.0
+    mean = sum(r.data.metrics[f"dev/{lang}/{metrics[0]}"] for lang in langs) / len(langs)
+    assert r.data.metrics[f"dev/avg/{metrics[0]}"] == pytest.approx(mean)  # the paper's average
+    assert result.objective == r.data.metrics[f"dev/en/{metrics[0]}"]  # no test tags: dev/en
     assert not any(name.startswith("test/") for name in r.data.metrics)  # offline: no test tags
     assert (r.data.metrics["train/id_loss"] > 0) == (method == "intra_distill")
 
