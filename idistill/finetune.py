@@ -33,7 +33,16 @@ from idistill.losses import CLASSIFICATION_DIVERGENCES
 from idistill.models.encoder import EncoderWithHead, build_encoder, load_tokenizer, sage_groups
 from idistill.sage import SageAdamax, SageAdamW
 from idistill.schedule import alpha_at, inverse_sqrt_lr
-from idistill.train import NonFiniteLoss, _rng_state, _set_rng_state, autocast_dtype, pick_device
+from idistill.train import (
+    NonFiniteLoss,
+    _rng_state,
+    _set_rng_state,
+    apply_update,
+    autocast_dtype,
+    loss_scaler,
+    pick_device,
+    to_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +229,7 @@ def finetune_step(
     optimizer.zero_grad(set_to_none=True)
     sums = torch.zeros(3, device=device)  # loss, task, divergence: one host sync per update
     for c, n_b in zip(batches, counts, strict=True):
-        b = {k: v.to(device, non_blocking=True) for k, v in c.items()}
+        b = to_device(c, device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             res = intra_distill_loss(
                 forward,
@@ -238,15 +247,7 @@ def finetune_step(
     loss, ce, id_loss = sums.tolist()
     if not math.isfinite(loss):
         return loss, ce, id_loss, units  # no step: the caller stops the run
-    if scaler is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients
-    if clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-    if scaler is not None:
-        scaler.step(optimizer)  # skipped when the fp16 gradients overflowed
-        scaler.update()
-    else:
-        optimizer.step()
+    apply_update(model, optimizer, clip_norm, scaler)
     return loss, ce, id_loss, units
 
 
@@ -309,7 +310,7 @@ def run(
     # ---- model and optimizer
     model = build_encoder(s.model, head, data.num_labels).to(device)
     optimizer, opt_name = make_optimizer(model, s)
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None  # fp16 only
+    scaler = loss_scaler(amp, device)  # fp16 only
     tracker.log_params({"model.parameters": model.num_parameters(), "optimizer": opt_name})
     log.info(
         "model: %s, %.2fM parameters, %s",

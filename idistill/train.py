@@ -80,7 +80,7 @@ def build_model(model_cfg: dict, vocab_size: int, pad_id: int) -> Seq2SeqTransfo
     return Seq2SeqTransformer(model_config(model_cfg, vocab_size, pad_id))
 
 
-def _to(batch: dict, device: torch.device) -> dict:
+def to_device(batch: dict, device: torch.device) -> dict:
     """Tensors to `device`; to a GPU through pinned memory, so the copy does not block."""
     if device.type == "cuda":
         return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
@@ -94,7 +94,7 @@ def validate(model, examples, tokenizer, max_tokens, device, amp, label_smoothin
     loss_sum = nll_sum = ntok = 0.0
     src_lens, tgt_lens = examples.src_lens + 1, examples.tgt_lens + 1  # [N] + eos, + bos / eos
     for idx in token_batches(src_lens, tgt_lens, max_tokens, shuffle=False):
-        b = _to(
+        b = to_device(
             collate(
                 [examples[i] for i in idx], tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
             ),
@@ -173,7 +173,7 @@ def train_step(
         sums[name] = sums.get(name, 0.0) + value.detach().float()
 
     def accumulate(c: dict) -> None:  # forward and backward of one batch
-        b = _to({k: c[k] for k in ("src_tokens", "prev_output_tokens", "target")}, device)
+        b = to_device({k: c[k] for k in ("src_tokens", "prev_output_tokens", "target")}, device)
         n_b = int(c["ntokens"])  # this batch's target tokens (on the CPU: no sync)
         mask = b["target"] != pad_id  # [B, T] the positions that count
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -215,21 +215,31 @@ def train_step(
     values = dict(zip(names + ["ntokens"], totals.tolist(), strict=True))  # one host sync
     if scaler is None and not math.isfinite(values["loss"]):
         raise NonFiniteLoss(f"non-finite loss ({values['loss']})")
+    skipped = apply_update(model, optimizer, clip_norm, scaler)
+    loss, ce, id_loss = values.pop("loss"), values.pop("ce"), values.pop("id")
+    ntokens = int(values.pop("ntokens"))  # all ranks'
+    return StepStats(loss, ce, id_loss, ntokens, values, skipped)
+
+
+def apply_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    clip_norm: float,
+    scaler: torch.amp.GradScaler | None,
+) -> bool:
+    """Clip (clip_norm > 0) and apply the accumulated gradients; with an fp16 `scaler`, unscale
+    first and skip an update whose gradients overflowed. Returns whether it was skipped."""
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients
     if clip_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-    skipped = False
-    if scaler is not None:
-        scale = scaler.get_scale()
-        scaler.step(optimizer)  # skipped when a gradient is inf or NaN
-        scaler.update()
-        skipped = scaler.get_scale() < scale
-    else:
+    if scaler is None:
         optimizer.step()
-    loss, ce, id_loss = values.pop("loss"), values.pop("ce"), values.pop("id")
-    ntokens = int(values.pop("ntokens"))  # all ranks'
-    return StepStats(loss, ce, id_loss, ntokens, values, skipped)
+        return False
+    scale = scaler.get_scale()
+    scaler.step(optimizer)  # skipped when a gradient is inf or NaN
+    scaler.update()
+    return scaler.get_scale() < scale
 
 
 def _rng_state() -> dict:
