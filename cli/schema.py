@@ -17,6 +17,7 @@ class Schema:
     schedule: Any = field(default_factory=dict)
     trainer: Any = field(default_factory=dict)
     tracking: Any = field(default_factory=dict)
+    analysis: Any = field(default_factory=dict)
     lang: Any = None
     glue_task: Any = None
     seed: int = 1

@@ -101,6 +101,27 @@ class TrackingSettings:
 
 
 @dataclass
+class AnalysisSettings:
+    """Analyses of the trained model (paper section 2): sensitivity, pruning, tracking."""
+
+    sensitivity: bool = False  # after training: sensitivity of the best checkpoint (eq. 2)
+    pruning: bool = False  # after training: metric with the least sensitive elements pruned
+    track_every: int = 0  # during training: sensitivity statistics every N updates (0: off)
+    batches: int = 100  # training batches the sensitivity is averaged over
+    track_batches: int = 10  # ... when tracked during training
+    include: list[str] = field(default_factory=lambda: ["*"])  # counted tensors (fnmatch)
+    exclude: list[str] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    drop_top: float = 0.01  # violin plot: the most sensitive fraction left out (Appendix B)
+    sample: float = 0.1  # violin plot: the fraction of the rest that is plotted
+
+    @property
+    def after_training(self) -> bool:
+        """Whether an analysis runs on the best checkpoint."""
+        return self.sensitivity or self.pruning
+
+
+@dataclass
 class RunSettings:
     """Everything one run needs, in plain Python types."""
 
@@ -109,6 +130,7 @@ class RunSettings:
     method: MethodSettings = field(default_factory=MethodSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     lang: str | None = None
     seed: int = 1
     data_dir: Path = Path("~/.cache/idistill")
@@ -136,7 +158,13 @@ class RunSettings:
             if d["trainer"][key] == getattr(plain, key):  # their defaults they leave the hashes
                 d["trainer"].pop(key)  # of translation runs as they were before they existed
         d.pop("tracking")
+        d.pop("analysis")  # analyses read the model; they do not change training
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def cell_hash(self) -> str:
+        """The config hash without the seed: the runs of one table cell (mean +- std over
+        seeds in `idistill-report`)."""
+        return dataclasses.replace(self, seed=0).config_hash()
 
 
 def _section(cls, values: dict[str, Any], prefix: str):
@@ -157,7 +185,7 @@ def _require(ok: bool, message: str) -> None:
 
 def settings_from_dict(cfg: dict[str, Any]) -> RunSettings:
     """Build and check the run settings from the resolved config (a plain dict)."""
-    top = {"task", "model", "method", "divergence", "schedule", "trainer", "tracking"}
+    top = {"task", "model", "method", "divergence", "schedule", "trainer", "tracking", "analysis"}
     top |= {"lang", "seed", "data_dir", "glue_task"}  # glue_task: read by task=glue
     unknown = sorted(set(cfg) - top)
     _require(
@@ -178,6 +206,7 @@ def settings_from_dict(cfg: dict[str, Any]) -> RunSettings:
         method=_section(MethodSettings, method, "method"),
         trainer=_section(TrainerSettings, trainer, "trainer"),
         tracking=_section(TrackingSettings, dict(cfg["tracking"]), "tracking"),
+        analysis=_section(AnalysisSettings, dict(cfg.get("analysis") or {}), "analysis"),
         lang=cfg.get("lang"),
         seed=int(cfg.get("seed", 1)),
         data_dir=Path(str(cfg.get("data_dir", "~/.cache/idistill"))).expanduser(),
@@ -285,6 +314,19 @@ def validate(s: RunSettings) -> None:
         s.tracking.backend in ("mlflow", "none"),
         f"tracking must be mlflow or none (got {s.tracking.backend!r})",
     )
+    _validate_analysis(s.analysis)
+
+
+def _validate_analysis(a: AnalysisSettings) -> None:
+    _require(a.track_every >= 0, f"analysis.track_every must be >= 0 (got {a.track_every})")
+    _require(a.batches >= 1, f"analysis.batches must be >= 1 (got {a.batches})")
+    _require(a.track_batches >= 1, f"analysis.track_batches must be >= 1 (got {a.track_batches})")
+    _require(
+        a.ratios and all(0 <= r < 1 for r in a.ratios),
+        f"analysis.ratios must be fractions in [0, 1), e.g. [0,0.1,0.2] (got {a.ratios})",
+    )
+    _require(0 <= a.drop_top < 1, f"analysis.drop_top must be in [0, 1) (got {a.drop_top})")
+    _require(0 < a.sample <= 1, f"analysis.sample must be in (0, 1] (got {a.sample})")
 
 
 def _validate_nlu(s: RunSettings) -> None:

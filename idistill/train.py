@@ -12,6 +12,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from idistill import distributed
+from idistill.analysis.analyse import SensitivityTracking, analyse_checkpoint
 from idistill.checkpoint import BEST, LAST, atomic_save, write_meta
 from idistill.config import MethodSettings, RunSettings
 from idistill.data.batching import collate, token_batches
@@ -114,6 +116,29 @@ def validate(model, examples, tokenizer, max_tokens, device, amp, label_smoothin
         "nll_loss": nll_sum / ntok,
         "ppl": math.exp(min(nll_sum / ntok, 50.0)),
     }
+
+
+def analysis_batches(examples, tokenizer, max_tokens: int, seed: int, n: int) -> list[dict]:
+    """`n` collated training batches for the sensitivity analysis: a fixed random sample
+    (epoch 0's order, which training never uses), the same every time it is asked for."""
+    src_lens, tgt_lens = examples.src_lens + 1, examples.tgt_lens + 1
+    order = token_batches(src_lens, tgt_lens, max_tokens, shuffle=True, seed=seed, epoch=0)
+    pad, bos, eos = tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
+    return [collate([examples[i] for i in idx], pad, bos, eos) for idx in order[:n]]
+
+
+def token_loss(label_smoothing: float, pad_id: int, device, amp) -> Callable:
+    """loss_fn(model, batch): the plain task loss (label-smoothed CE, no consistency term) per
+    target token of a collated batch; what the sensitivity (eq. 2) differentiates."""
+
+    def loss_fn(model, c: dict) -> Tensor:
+        b = to_device({k: c[k] for k in ("src_tokens", "prev_output_tokens", "target")}, device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(b["src_tokens"], b["prev_output_tokens"])  # [B, T, V]
+        loss, _ = label_smoothed_nll_loss(logits, b["target"], label_smoothing, pad_id)
+        return loss / int(c["ntokens"])
+
+    return loss_fn
 
 
 @dataclass
@@ -330,6 +355,17 @@ def run(
     if t.compile == "model":
         runner = torch.compile(runner)
 
+    a = s.analysis
+    loss_fn = token_loss(t.label_smoothing, tok.pad_id, device, amp)
+    track = SensitivityTracking(
+        model,
+        a,
+        analysis_batches(train_set, tok, t.max_tokens, s.seed, a.track_batches)
+        if a.track_every and world.main
+        else [],
+        loss_fn,
+    )
+
     def checkpoint(valid_loss: float | None, finished: bool = False) -> None:
         nonlocal best
         state = {
@@ -473,6 +509,8 @@ def run(
                 )
                 window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "tokens": 0, "time": now}
                 aux_window = {}
+            if world.main:
+                track(update, tracker)  # analysis.track_every: sensitivity statistics
             if t.validate_every and update % t.validate_every == 0:
                 validate_and_save()
         if batch_pos >= len(batches):  # epoch finished
@@ -495,23 +533,28 @@ def run(
     refs = data.references["test"]
     if t.test_max_sentences:
         test, refs = test[: t.test_max_sentences], refs[: t.test_max_sentences]
-    hyps = translate(
-        model,
-        test,
-        tok,
-        device=device,
-        max_tokens=t.max_tokens,
-        beam=t.beam,
-        len_penalty=t.len_penalty,
-        max_len_a=t.max_len_a,
-        max_len_b=t.max_len_b,
-        autocast_dtype=amp,
-        progress=progress,
-    )
+
+    def test_translations(progress: bool = progress) -> list[str]:
+        return translate(
+            model,
+            test,
+            tok,
+            device=device,
+            max_tokens=t.max_tokens,
+            beam=t.beam,
+            len_penalty=t.len_penalty,
+            max_len_a=t.max_len_a,
+            max_len_b=t.max_len_b,
+            autocast_dtype=amp,
+            progress=progress,
+        )
+
+    hyps = test_translations()
     bleu = corpus_bleu(hyps, refs)
-    hyp_file = out_dir / "test.hyp"
-    hyp_file.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    tracker.log_artifact(hyp_file)
+    for name, lines in (("test.hyp", hyps), ("test.ref", refs)):  # .ref: idistill-report's
+        path = out_dir / name  # paired bootstrap needs both sides
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        tracker.log_artifact(path)
     tracker.log_metrics({"test/bleu": bleu.score}, step=update)
     tracker.set_tags({"sacrebleu.signature": bleu.signature})
     log.info(
@@ -520,4 +563,18 @@ def run(
         bleu.signature,
         best_state["update"],
     )
+    if a.after_training:  # sensitivity / pruning of the best checkpoint
+        analyse_checkpoint(
+            model,
+            a,
+            batches=analysis_batches(train_set, tok, t.max_tokens, s.seed, a.batches),
+            loss_fn=loss_fn,
+            evaluate=lambda: corpus_bleu(test_translations(progress=False), refs).score,
+            metric="bleu",
+            tracker=tracker,
+            out_dir=out_dir,
+            step=update,
+            label=f"{m.name} K={m.effective_k}",
+            progress=progress,
+        )
     return RunResult(update, best, bleu.score, bleu.signature, save_dir)
