@@ -62,7 +62,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
     out_dir = output_dir or hydra_out or Path.cwd()
     if settings.method.name == "self_distill":
         return _run_chain(settings, out_dir, run_name or out_dir.name, sweep_dir, progress)
-    return _run_one(settings, out_dir, run_name or out_dir.name, sweep_dir, progress)[0]
+    cell = {"cell": settings.cell_hash()}  # idistill-report finds a table cell's runs by it
+    return _run_one(settings, out_dir, run_name or out_dir.name, sweep_dir, progress, cell)[0]
 
 
 def _is_nlu(settings) -> bool:
@@ -83,10 +84,11 @@ def _run_chain(settings, out_dir: Path, run_name: str, sweep_dir: Path | None, p
     from idistill.distill import teacher_checkpoint
 
     m, t = settings.method, settings.trainer
+    cell = settings.cell_hash()  # the chain's rounds share the cell of the composed config
     teacher = teacher_checkpoint(m.teacher, settings.tracking.uri) if m.teacher else None
     if teacher is not None and m.rounds == 1:  # one student: an ordinary run
         with_teacher = replace(settings, method=replace(m, teacher=str(teacher)))
-        return _run_one(with_teacher, out_dir, run_name, sweep_dir, progress)[0]
+        return _run_one(with_teacher, out_dir, run_name, sweep_dir, progress, {"cell": cell})[0]
     resuming = t.resume not in (False, None, "false")
     if resuming:
         if not Path(str(t.resume)).expanduser().is_dir():
@@ -118,7 +120,7 @@ def _run_chain(settings, out_dir: Path, run_name: str, sweep_dir: Path | None, p
                 f"{run_name}/round{r}",
                 sweep_dir,
                 progress,
-                {"round": str(r), "teacher": str(teacher or ""), **chain},
+                {"round": str(r), "teacher": str(teacher or ""), "cell": cell, **chain},
             )
         chain.setdefault("chain", run_id or "")
         teacher = ckpts / BEST

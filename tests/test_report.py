@@ -1,0 +1,184 @@
+"""idistill-report on a real temporary MLflow store, filled by short real runs on the synthetic
+task: tables with mean +- std, sacreBLEU's paired bootstrap, missing cells with their commands,
+plots of any runs, the report run in MLflow."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+
+from idistill import report
+from idistill.cli.main import run
+from idistill.cli.report import _compose, main
+from idistill.tracking import client
+
+from conftest import SMALL_RUN
+
+# Table 3's sweep (every method on one test set) on the synthetic task with a tiny model.
+SYNTHETIC = [o for o in SMALL_RUN if not o.startswith("experiment=")] + [
+    "task=synthetic",
+    "model=transformer_tiny",
+    "lang=null",
+    "trainer.compile=none",
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Two finished runs of table3's grid (baseline; intra-distillation with the pruning
+    analysis); returns (the overrides both share, {method: run id})."""
+    tmp = tmp_path_factory.mktemp("report")
+    shared = [*SYNTHETIC, f"data_dir={tmp / 'data'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}"]
+    ids = {}
+    for method, extra in (("baseline", []), ("intra_distill", ["analysis=pruning"])):
+        overrides = ["experiment=table3", *shared, f"method={method}", "analysis.batches=3", *extra]
+        with initialize_config_module("idistill.conf", version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        run(cfg, output_dir=tmp / method, progress=False)
+        uri = shared[-1].split("=", 1)[1]
+        found = client(uri).search_runs(
+            [e.experiment_id for e in client(uri).search_experiments()],
+            filter_string=f"tags.method = '{method}'",
+        )
+        ids[method] = found[0].info.run_id
+    return shared, ids, tmp
+
+
+def test_sweeps_on_the_command_line_narrow_or_extend_the_experiment_grid():
+    plain, sweeps = report.split_sweeps(["lang=de", "method=baseline,sage", "a.r=[0,0.1]"])
+    assert plain == ["lang=de", "a.r=[0,0.1]"] and sweeps == {"method": "baseline,sage"}
+    grid, seeds = report.sweep_grid(
+        {"lang": "ar,de", "method": "a,b,c", "seed": "1,2"}, {"method": "a,b"}
+    )
+    assert seeds == ["1", "2"]
+    assert grid == [
+        {"lang": "ar", "method": "a"},
+        {"lang": "ar", "method": "b"},
+        {"lang": "de", "method": "a"},
+        {"lang": "de", "method": "b"},
+    ]
+
+
+def test_a_value_prints_mean_std_over_seeds_and_the_significance_mark():
+    assert report.Value([]).text() == report.MISSING
+    assert report.Value([30.0]).text() == "30.00"
+    assert report.Value([30.0, 32.0], p_value=0.01).text() == "31.00 ± 1.41 (2)*"
+    assert report.Value([30.0], p_value=0.2).text() == "30.00"
+
+
+def test_table_holds_the_runs_numbers_and_the_paired_bootstrap(store, tmp_path):
+    shared, ids, _ = store
+    out = tmp_path / "out"
+    overrides = [*shared, "method=baseline,intra_distill"]
+    result = report.make_report("table3", overrides, _compose, out, bootstrap=200)
+
+    table = result.tables[0]
+    assert [name for name, _ in table.rows] == ["baseline", "intra_distill"]
+    uri = shared[-1].split("=", 1)[1]
+    for name, (value,) in table.rows:
+        bleu = client(uri).get_run(ids[name]).data.metrics["test/bleu"]
+        assert value.values == [pytest.approx(bleu)] and value.run_ids == [ids[name]]
+    baseline, intra = (values[0] for _, values in table.rows)
+    assert baseline.p_value is None and 0.0 <= intra.p_value <= 1.0
+    assert any("paired bootstrap, 200 samples" in n for n in table.notes)
+    assert not any(n.startswith("missing") for n in table.notes)
+
+    md, csv_file = out / "table3.md", out / "table3.csv"
+    assert "| baseline |" in md.read_text() and "| intra_distill |" in md.read_text()
+    records = list(csv.DictReader(csv_file.open()))
+    assert [r["row"] for r in records] == ["baseline", "intra_distill"]
+    assert float(records[1]["p_value"]) == pytest.approx(intra.p_value)
+    logged = client(uri).list_artifacts(result.run_id)
+    assert {f.path for f in logged} == {"table3.md", "table3.csv"}
+    assert client(uri).get_run(result.run_id).data.tags["report"] == "table3"
+
+
+def test_missing_cells_are_shown_with_the_command_that_makes_them(store, tmp_path):
+    shared, _, _ = store
+    result = report.make_report("table3", shared, _compose, tmp_path, bootstrap=0, track=False)
+    rows = dict(result.tables[0].rows)
+    assert set(rows) == {"baseline", "sage", "rdrop", "switch", "intra_distill_js", "intra_distill"}
+    assert rows["baseline"][0].values and not rows["sage"][0].values
+    missing = [n for n in result.tables[0].notes if n.startswith("missing: ")]
+    assert len(missing) == 4
+    sage = next(n for n in missing if "method=sage" in n)
+    assert sage.startswith("missing: idistill experiment=table3 ") and "task=synthetic" in sage
+    assert "report.md" not in sage and result.run_id is None
+
+
+def test_a_seed_sweep_pools_runs_and_asks_for_the_missing_seed(store, tmp_path):
+    shared, _, _ = store
+    overrides = [*shared, "method=baseline", "seed=1,2"]
+    result = report.make_report("table3", overrides, _compose, tmp_path, bootstrap=0, track=False)
+    (name, (value,)), = result.tables[0].rows  # fmt: skip
+    assert name == "baseline" and len(value.values) == 1  # seed 1 ran, seed 2 did not
+    assert any(n.endswith("method=baseline seed=2") for n in result.tables[0].notes)
+
+
+def test_plots_of_any_runs_show_sensitivity_and_pruning(store, tmp_path):
+    shared, ids, _ = store
+    uri = shared[-1].split("=", 1)[1]
+    result = report.plot_runs("pruning", [ids["intra_distill"]], uri, tmp_path)
+    png = tmp_path / "pruning.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    (_, values), = result.tables[0].rows  # fmt: skip
+    history = client(uri).get_metric_history(ids["intra_distill"], "prune/bleu")
+    assert [v.values[0] for v in values] == [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert result.tables[0].headers == ["0%", "10%", "20%", "30%", "40%", "50%"]
+
+    result = report.plot_runs("sensitivity", [ids["intra_distill"]], uri, tmp_path, track=False)
+    run_metrics = client(uri).get_run(ids["intra_distill"]).data.metrics
+    assert result.tables[0].rows[0][1][0].values == [run_metrics["sensitivity/std"]]
+    with pytest.raises(ValueError, match="analysis=sensitivity"):
+        report.plot_runs("sensitivity", [ids["baseline"]], uri, tmp_path, track=False)
+
+
+def test_the_sensitivity_sample_is_a_run_artifact(store):
+    shared, ids, _ = store
+    uri = shared[-1].split("=", 1)[1]
+    sample = report.sensitivity_sample(client(uri).get_run(ids["intra_distill"]))
+    assert sample.dtype == np.float32 and sample.size > 100 and (sample >= 0).all()
+    assert report.sensitivity_sample(client(uri).get_run(ids["baseline"])) is None
+
+
+def test_fig4_draws_the_alpha_schedule_from_the_config_alone(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [f"tracking.uri={uri}", "method.alpha=5", "schedule.p=5", "schedule.q=10"]
+    result = report.make_report("fig4", overrides, _compose, tmp_path / "out", track=False)
+    png = tmp_path / "out" / "fig4.png"
+    assert result.tables == [] and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paper_numbers_are_compared_where_the_paper_file_has_them():
+    table = report.Table(
+        "t",
+        ["de", "avg"],
+        [
+            ("baseline", [report.Value([34.0]), report.Value([30.0])]),
+            ("intra_distill", [report.Value([37.0]), report.Value([33.0])]),
+        ],
+    )
+    versus = report.paper_table("table2", table)
+    (label, (ours, paper, diff)), = versus.rows  # fmt: skip
+    assert "intra_distill avg (gain" in label and "abstract" in label
+    assert ours.mean == pytest.approx(3.0) and paper.mean == pytest.approx(3.54)
+    assert diff.mean == pytest.approx(3.0 - 3.54)
+    assert report.paper_table("table3", table) is None  # nothing of Table 3 is in the file
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["experiment=table9"], "unknown report 'table9'"),
+        (["plot=sensitivity"], "needs runs="),
+        (["table2"], "arguments are key=value"),
+        (["experiment=table2", "tracking=none"], "drop tracking=none"),
+        (["experiment=table3", "methd=x"], "methd"),
+    ],
+)
+def test_bad_report_arguments_get_a_clear_error(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
