@@ -4,11 +4,12 @@ numbers; printed, and written as Markdown, CSV and PNG files.
     idistill-report experiment=table2                    # all of Table 2 (IWSLT'14)
     idistill-report experiment=table2 lang=de            # what you ran of it
     idistill-report experiment=fig6                      # pruning curves
-    idistill-report plot=sensitivity runs=<id>,<id>      # any runs; a sweep's parent id: all of it
+    idistill-report plot=sensitivity runs=<id>,<id>      # any runs; a sweep (parent id or dir): all
 
-Report keys: experiment=<table1..5, table5_tydiqa, fig4..fig8> or plot=<sensitivity|pruning|loss>
-with runs=<MLflow run ids>; out=<dir> (default reports/<name>); bootstrap=<resamples> (paired
-bootstrap of BLEU tables, default 1000, 0: off); track=false (no report run in MLflow).
+Report keys: experiment=<table1..5, table5_tydiqa, fig4..fig8>, or plot=<sensitivity | pruning |
+loss | training> with runs=<MLflow run ids, a sweep's parent run id or its multirun/ directory>;
+out=<dir> (default reports/<name>); bootstrap=<resamples> (paired bootstrap of BLEU tables,
+default 1000, 0: off); track=false (no report run in MLflow).
 Every other key=value is an override as given to `idistill` (the same for the report as for the
 runs: the cells are found by the hash of their composed config), tracking.uri included.
 """

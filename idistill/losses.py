@@ -223,8 +223,10 @@ class _FusedOutputLoss(torch.autograd.Function):
             g = fn(
                 logits.index_select(1, rows[lo:hi]),
                 target[lo:hi],
-                lse_all[:, lo:hi],
-                spread_all[:, lo:hi],
+                # contiguous: a column slice's stride is the batch's position count, and a
+                # compiled kernel guarded on it would recompile for every batch
+                lse_all[:, lo:hi].contiguous(),
+                spread_all[:, lo:hi].contiguous(),
                 grad_ce.float() * ce_w[lo:hi],
                 grad_div.float() * div_w[lo:hi],
                 *ctx.scalars,

@@ -9,7 +9,9 @@ give mean +- std. Missing cells are shown as missing, with the command that make
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
+import os
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -58,7 +60,7 @@ class Target:
     fmt: str = ".2f"
     average: bool = False  # an "avg" column: the mean of every column's first metric
     bleu: bool = False  # paired bootstrap of each row against the baseline row
-    per_language: str | None = None  # Appendix D: "test/{lang}/f1" for every language logged
+    per_language: str | None = None  # Appendix D: "{split}/{lang}/f1" for every language
 
 
 TARGETS = {
@@ -70,19 +72,21 @@ TARGETS = {
     "table4": Target("Table 4: GLUE dev, BERT-base", "table4", cols="glue_task",
                      columns=GLUE_COLUMNS.__getitem__, scale=100.0, average=True),
     "table5": Target("Table 5: WikiANN NER, zero-shot from English (XLM-R large)", "table5",
-                     columns=lambda col: [("avg F1", "test/avg/f1")],
-                     per_language="test/{lang}/f1"),
+                     columns=lambda col: [("test avg F1", "test/avg/f1"),
+                                          ("dev avg F1", "dev/avg/f1")],
+                     per_language="{split}/{lang}/f1"),
     "table5_tydiqa": Target(
         "Table 5: TyDiQA-GoldP, zero-shot from English (XLM-R base)", "table5_tydiqa",
-        columns=lambda col: [("avg F1", "test/avg/f1"), ("avg EM", "test/avg/exact_match")],
-        per_language="test/{lang}/f1"),
+        columns=lambda col: [(f"{split} avg {name}", f"{split}/avg/{metric}")
+                             for split in ("test", "dev")
+                             for name, metric in (("F1", "f1"), ("EM", "exact_match"))],
+        per_language="{split}/{lang}/f1"),
     "fig4": Target("Figure 4: the adaptive alpha schedule", "iwslt14", figure="alpha"),
     "fig5": Target("Figure 5: parameter sensitivity, IWSLT'14 De->En", "fig5", figure="violins",
                    columns=lambda col: SENSITIVITY_COLUMNS, fmt=".3e"),
     "fig6": Target("Figure 6: pruning the least sensitive parameters, IWSLT'14 De->En", "fig6",
                    figure="pruning"),
-    "fig7": Target("Figure 7: validation loss, IWSLT'14 De->En", "fig7", figure="curves",
-                   columns=lambda col: [("best valid loss", "valid/loss")], fmt=".3f"),
+    "fig7": Target("Figure 7: validation loss, IWSLT'14 De->En", "fig7", figure="curves"),
     "fig8": Target("Figure 8: BLEU against K, IWSLT'14 De->En", "fig8", figure="k_sweep",
                    rows="method.k"),
 }  # fmt: skip
@@ -208,12 +212,10 @@ class Value:
         return out + ("*" if self.p_value is not None and self.p_value < 0.05 else "")
 
 
-def value_of(runs: Sequence[Any], metric: str, scale: float = 1.0, best=None) -> Value:
-    """`metric` of every run that logged it (best(history) instead of the last value)."""
+def value_of(runs: Sequence[Any], metric: str, scale: float = 1.0) -> Value:
+    """`metric` (its last value) of every run that logged it."""
     pairs = [
-        (best(r) if best else r.data.metrics[metric] * scale, r.info.run_id)
-        for r in runs
-        if metric in r.data.metrics
+        (r.data.metrics[metric] * scale, r.info.run_id) for r in runs if metric in r.data.metrics
     ]
     return Value([v for v, _ in pairs], [i for _, i in pairs])
 
@@ -286,7 +288,7 @@ def group_rows(target: Target, cells: Sequence[Cell]) -> dict[str, dict[str | No
     return rows
 
 
-def build_table(target: Target, cells: Sequence[Cell], best=None) -> tuple[Table, dict, list]:
+def build_table(target: Target, cells: Sequence[Cell]) -> tuple[Table, dict, list]:
     """The target's table in the paper's layout; also its rows and (column, metric) pairs."""
     rows = group_rows(target, cells)
     headers, metrics = [], []  # one (column value, metric) per header
@@ -299,9 +301,7 @@ def build_table(target: Target, cells: Sequence[Cell], best=None) -> tuple[Table
         (
             name,
             [
-                value_of(by_col[col].runs, metric, target.scale, best)
-                if col in by_col
-                else Value([])
+                value_of(by_col[col].runs, metric, target.scale) if col in by_col else Value([])
                 for col, metric in metrics
             ],
         )
@@ -318,26 +318,27 @@ def build_table(target: Target, cells: Sequence[Cell], best=None) -> tuple[Table
 
 
 def per_language_table(target: Target, rows: dict[str, dict[str | None, Cell]]) -> Table:
-    """Appendix D: the metric on every language that was evaluated, mean over seeds."""
-    prefix, suffix = target.per_language.split("{lang}")
-    runs = {
-        name: [r for cell in by_col.values() for r in cell.runs] for name, by_col in rows.items()
-    }
+    """Appendix D: the metric on every language evaluated, mean over seeds; the test sets, or
+    the dev sets where no run has test scores (XTREME's PAN-X test tags are not public)."""
+    runs = {n: [r for cell in by_col.values() for r in cell.runs] for n, by_col in rows.items()}
     found = {k for rs in runs.values() for r in rs for k in r.data.metrics}
-    langs = sorted(
-        k[len(prefix) : len(k) - len(suffix)]
-        for k in found
-        if k.startswith(prefix) and k.endswith(suffix) and k.count("/") == prefix.count("/") + 1
-    )
-    langs = [lang for lang in langs if lang != "avg"]
-    table_rows = [
-        (
-            name,
-            [value_of(rs, target.per_language.format(lang=lang), target.scale) for lang in langs],
+    for split in ("test", "dev"):
+        pattern = target.per_language.format(split=split, lang="{lang}")
+        prefix, suffix = pattern.split("{lang}")
+        langs = sorted(
+            k[len(prefix) : len(k) - len(suffix)]
+            for k in found
+            if k.startswith(prefix) and k.endswith(suffix) and k.count("/") == pattern.count("/")
         )
+        langs = [lang for lang in langs if lang != "avg"]
+        if langs:
+            break
+    table_rows = [
+        (name, [value_of(rs, pattern.format(lang=lang), target.scale) for lang in langs])
         for name, rs in runs.items()
     ]
-    return Table(f"{target.title}, per language (Appendix D)", langs, table_rows, fmt=target.fmt)
+    title = f"{target.title}, {split} {suffix.strip('/')} per language (Appendix D)"
+    return Table(title, langs, table_rows, fmt=target.fmt)
 
 
 def add_significance(table: Table, rows, metrics, n_samples: int, download) -> None:
@@ -431,46 +432,6 @@ def paper_table(name: str, table: Table) -> Table | None:
 # ---- figures
 
 
-def figure(target: Target, cells: Sequence[Cell], rows, out_dir: Path, client, cfg=None) -> Path:
-    """The target's plot from its runs (fig4: from the composed config alone)."""
-    path = out_dir / f"{target.experiment if target.figure != 'alpha' else 'fig4'}.png"
-    label = {name: next(iter(by_col.values())) for name, by_col in rows.items()}
-    if target.figure == "alpha":
-        m = cfg["method"]
-        return plots.alpha_schedule(
-            m["alpha"],
-            cfg["schedule"]["p"],
-            cfg["schedule"]["q"],
-            cfg["trainer"]["max_updates"],
-            path,
-        )
-    if target.figure == "violins":
-        samples = {
-            n: s
-            for n, c in label.items()
-            if c.runs and (s := sensitivity_sample(c.runs[0])) is not None
-        }
-        return plots.sensitivity_violins(samples, path) if samples else None
-    if target.figure == "pruning":
-        curves = {n: pruning_points(client, c.runs[0]) for n, c in label.items() if c.runs}
-        curves = {n: c for n, c in curves.items() if c}
-        return plots.pruning_curves(curves, path, metric="BLEU") if curves else None
-    if target.figure == "curves":
-        curves = {n: history(client, c.runs[0], "valid/loss") for n, c in label.items() if c.runs}
-        return (
-            plots.loss_curves({n: c for n, c in curves.items() if c}, path)
-            if any(curves.values())
-            else None
-        )
-    points = [
-        (int(k), v.mean, v.std or 0.0)
-        for k, by_col in rows.items()
-        for v in [value_of(next(iter(by_col.values())).runs, "test/bleu")]
-        if v.values
-    ]
-    return plots.metric_vs_k({"intra-distillation": sorted(points)}, path) if points else None
-
-
 def history(client, run, metric: str) -> list[tuple[int, float]]:
     """(step, value) of every logged value of `metric`."""
     return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric))
@@ -490,6 +451,7 @@ def sensitivity_sample(run) -> np.ndarray | None:
 
 def download(run, name: str, text: bool = True):
     """A run's artifact: its lines (text) or a local copy's path; None where it is missing."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.artifacts import download_artifacts
 
     tmp = tempfile.mkdtemp(prefix="idistill-report-")
@@ -534,20 +496,6 @@ def log_report(uri: str, name: str, params: dict[str, str], files: Sequence[Path
     return tracker.run_id
 
 
-def pruning_table(target: Target, rows, client) -> Table:
-    """The metric of each row at every pruned ratio (the numbers behind Figure 6)."""
-    curves = {
-        n: pruning_points(client, c.runs[0]) if c.runs else []
-        for n, by_col in rows.items()
-        for c in [next(iter(by_col.values()))]
-    }
-    ratios = sorted({r for c in curves.values() for r, _ in c})
-    table_rows = [
-        (n, [Value([v for r2, v in c if r2 == r]) for r in ratios]) for n, c in curves.items()
-    ]
-    return Table(target.title, [f"{r:.0%}" for r in ratios], table_rows)
-
-
 @dataclass
 class Report:
     """What `make_report` produced."""
@@ -583,42 +531,47 @@ def make_report(
     if cfg["tracking"]["backend"] == "none" or not uri:
         raise ValueError("idistill-report reads the runs from MLflow: drop tracking=none")
     client = mlflow_client(uri)
-    tables: list[Table] = []
-    rows: dict = {}
-    cells: list[Cell] = []
-    if target.figure != "alpha":
+    if target.figure == "alpha":  # no runs: the schedule of the composed config
+        m, sched = cfg["method"], cfg["schedule"]
+        png = out_dir / f"{name}.png"
+        plots.alpha_schedule(m["alpha"], sched["p"], sched["q"], cfg["trainer"]["max_updates"], png)
+        tables, figures = [], [png]
+    else:
         cells = compose_cells(target, overrides, compose)
         attach_runs(cells, client)
-        best = None
-        if target.figure == "curves":  # the lowest validation loss of each run
-            best = lambda r: min(v for _, v in history(client, r, "valid/loss"))  # noqa: E731
-        table, rows, metrics = build_table(target, cells, best)
-        if target.figure == "pruning":
-            table = pruning_table(target, rows, client)
-            table.notes = [f"missing: {c}" for c in missing_commands(cells)]
+        table, rows, metrics = build_table(target, cells)
+        tables, figures = [table], []
+        if target.figure in DRAWN_BY:  # the first seed of each row, drawn as plot= draws runs
+            first = {n: c.runs[0] for n, by_col in rows.items() for c in by_col.values() if c.runs}
+            if first:
+                figures, drawn = draw(DRAWN_BY[target.figure], first, out_dir / name, client)
+                tables = [dataclasses.replace(drawn, title=target.title, notes=table.notes)]
+        elif target.figure == "k_sweep":
+            points = [(int(k), v[0].mean, v[0].std or 0.0) for k, v in table.rows if v[0].values]
+            if points:
+                figures = [
+                    plots.metric_vs_k({"intra-distillation": points}, out_dir / f"{name}.png")
+                ]
         if target.bleu and bootstrap:
             add_significance(table, rows, metrics, bootstrap, download)
-        tables.append(table)
         if target.per_language:
             tables.append(per_language_table(target, rows))
         if (vs_paper := paper_table(name, table)) is not None:
             tables.append(vs_paper)
-    figures = []
-    if target.figure:
-        png = figure(target, cells, rows, out_dir, client, cfg)
-        figures = [png] if png is not None else []
     files = write_outputs(name, tables, figures, out_dir)
     run_id = log_report(uri, name, {"overrides": " ".join(overrides)}, files) if track else None
     return Report(tables, files, run_id)
 
 
-PLOTS = ("sensitivity", "pruning", "loss")
-
-
 def expand_runs(client, ids: Sequence[str]) -> list[Any]:
-    """The runs named by `ids`; a sweep's parent run stands for its finished children."""
+    """The runs named by `ids`: run ids, or a sweep's parent run id or its directory
+    (multirun/...), which stand for the sweep's finished children."""
+    from idistill.tracking import PARENT_RUN_FILE
+
     runs = []
-    for run_id in ids:
+    for given in ids:
+        folder = Path(given).expanduser()
+        run_id = (folder / PARENT_RUN_FILE).read_text().strip() if folder.is_dir() else given
         run = client.get_run(run_id)
         children = client.search_runs(
             [run.info.experiment_id],
@@ -629,65 +582,80 @@ def expand_runs(client, ids: Sequence[str]) -> list[Any]:
     return runs
 
 
+def short_labels(names: Sequence[str]) -> list[str]:
+    """Run names without what they share: sweep jobs "0:a=1,m=x", "1:a=1,m=y" -> "m=x", "m=y"."""
+    items = [name.split(":", 1)[-1].split(",") for name in names]
+    common = set.intersection(*map(set, items)) if items else set()
+    short = [",".join(i for i in its if i not in common) for its in items]
+    return short if all(short) and len(set(short)) == len(short) else list(names)
+
+
+PLOTS = ("sensitivity", "pruning", "loss", "training")
+DRAWN_BY = {"violins": "sensitivity", "pruning": "pruning", "curves": "loss"}  # target figures
+TRACKED = ("top20_mean", "bottom80_mean", "std")  # analysis.track_every: train/sensitivity_*
+
+
+def draw(kind: str, runs: dict[str, Any], stem: Path, client) -> tuple[list[Path], Table]:
+    """Plot `kind` of the labelled runs to <stem>.png (plot=training: one <stem>-<i>.png per
+    run) and the table of the numbers behind it."""
+    named = list(runs.items())
+    if kind == "sensitivity":  # Figures 3, 5
+        samples = {n: s for n, r in named if (s := sensitivity_sample(r)) is not None}
+        if len(samples) < len(runs):
+            missing = ", ".join(n for n in runs if n not in samples)
+            raise ValueError(f"no sensitivity in run(s) {missing}: train with analysis=sensitivity")
+        std = {n: r.data.metrics["sensitivity/std"] for n, r in named}
+        png = plots.sensitivity_violins(samples, stem.with_suffix(".png"), std=std)
+        rows = [(n, [value_of([r], m) for _, m in SENSITIVITY_COLUMNS]) for n, r in named]
+        return [png], Table(f"plot={kind}", [h for h, _ in SENSITIVITY_COLUMNS], rows, fmt=".3e")
+    if kind == "pruning":  # Figures 6, 10
+        curves = {n: pruning_points(client, r) for n, r in named}
+        if not all(curves.values()):
+            raise ValueError("plot=pruning needs runs trained with analysis=pruning")
+        png = plots.pruning_curves(curves, stem.with_suffix(".png"))
+        ratios = sorted({x for c in curves.values() for x, _ in c})
+        rows = [
+            (n, [Value([v for x2, v in c if x2 == x]) for x in ratios]) for n, c in curves.items()
+        ]  # noqa: E501
+        return [png], Table(f"plot={kind}", [f"{x:.0%}" for x in ratios], rows)
+    if kind == "loss":  # Figure 7
+        curves = {n: history(client, r, "valid/loss") for n, r in named}
+        png = plots.loss_curves(curves, stem.with_suffix(".png"))
+        rows = [(n, [Value([min(v for _, v in c)] if c else [])]) for n, c in curves.items()]
+        return [png], Table(f"plot={kind}", ["best valid loss"], rows, fmt=".3f")
+    if kind != "training":
+        raise ValueError(f"unknown plot={kind} (valid: {', '.join(PLOTS)})")
+    tracked = {n: [history(client, r, f"train/sensitivity_{k}") for k in TRACKED] for n, r in named}  # noqa: E501
+    if not all(t[0] for t in tracked.values()):
+        raise ValueError("plot=training needs runs trained with analysis.track_every=N")
+    pngs = [  # Figure 2
+        plots.sensitivity_during_training(
+            [s for s, _ in top], [v for _, v in top], [v for _, v in bottom],
+            stem.parent / f"{stem.name}-{i}.png", std=[v for _, v in std], label=n,
+        )
+        for i, (n, (top, bottom, std)) in enumerate(tracked.items())
+    ]  # fmt: skip
+    headers = ["first std", "last std", "last top-20% mean", "last bottom-80% mean"]
+    rows = [
+        (n, [Value([std[0][1]]), Value([std[-1][1]]), Value([top[-1][1]]), Value([bottom[-1][1]])])
+        for n, (top, bottom, std) in tracked.items()
+    ]
+    return pngs, Table(f"plot={kind}", headers, rows, fmt=".3e")
+
+
 def plot_runs(
     kind: str, ids: Sequence[str], uri: str, out_dir: Path, *, track: bool = True
-) -> Report:
-    """Compare any runs: `plot=sensitivity` (violins, Figures 3 and 5), `plot=pruning`
-    (Figures 6, 10) or `plot=loss` (validation loss, Figure 7); labels are the run names."""
+) -> Report:  # noqa: E501
+    """Compare any runs (`plot=`): sensitivity violins (Figures 3, 5), pruning curves (6, 10),
+    validation loss (7), sensitivity during training (2); labelled by their run names."""
     from idistill.tracking import client as mlflow_client
 
     if kind not in PLOTS:
         raise ValueError(f"unknown plot={kind} (valid: {', '.join(PLOTS)})")
     client = mlflow_client(uri)
     runs = expand_runs(client, ids)
-    names = [r.data.tags.get("mlflow.runName") or r.info.run_id[:8] for r in runs]
-    path = out_dir / f"{kind}.png"
-    title = f"plot={kind}"
-    if kind == "sensitivity":
-        samples = {
-            n: s
-            for n, r in zip(names, runs, strict=True)
-            if (s := sensitivity_sample(r)) is not None
-        }
-        missing = [n for n in names if n not in samples]
-        if missing:
-            raise ValueError(
-                f"no sensitivity analysis in run(s) {', '.join(missing)}: "
-                "train with analysis=sensitivity"
-            )
-        figures = [plots.sensitivity_violins(samples, path)]
-        table = Table(
-            title,
-            [h for h, _ in SENSITIVITY_COLUMNS],
-            [
-                (n, [value_of([r], m) for _, m in SENSITIVITY_COLUMNS])
-                for n, r in zip(names, runs, strict=True)
-            ],
-            fmt=".3e",
-        )
-    elif kind == "pruning":
-        curves = {n: pruning_points(client, r) for n, r in zip(names, runs, strict=True)}
-        if not all(curves.values()):
-            raise ValueError("plot=pruning needs runs trained with analysis=pruning")
-        figures = [plots.pruning_curves(curves, path)]
-        ratios = sorted({x for c in curves.values() for x, _ in c})
-        table = Table(
-            title,
-            [f"{x:.0%}" for x in ratios],
-            [
-                (n, [Value([v for x2, v in c if x2 == x]) for x in ratios])
-                for n, c in curves.items()
-            ],
-        )
-    else:
-        curves = {n: history(client, r, "valid/loss") for n, r in zip(names, runs, strict=True)}
-        figures = [plots.loss_curves(curves, path)]
-        table = Table(
-            title,
-            ["best valid loss"],
-            [(n, [Value([min(v for _, v in c)] if c else [])]) for n, c in curves.items()],
-            fmt=".3f",
-        )
+    names = short_labels([r.data.tags.get("mlflow.runName") or r.info.run_id[:8] for r in runs])
+    figures, table = draw(kind, dict(zip(names, runs, strict=True)), out_dir / kind, client)
     files = write_outputs(kind, [table], figures, out_dir)
     run_id = log_report(uri, f"plot={kind}", {"runs": ",".join(ids)}, files) if track else None
     return Report([table], files, run_id)

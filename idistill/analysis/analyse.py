@@ -80,7 +80,7 @@ def analyse_checkpoint(
         "tensors": {name: p.numel() for name, p in params.items()},  # what was counted
     }
     (folder / "sensitivity.json").write_text(json.dumps(record, indent=1))
-    plots.sensitivity_violins({label: sample}, folder / "sensitivity.png")
+    plots.sensitivity_violins({label: sample}, folder / "sensitivity.png", std={label: stats.std})
 
     if a.pruning:
         ratios = sorted({0.0, *a.ratios})  # the unpruned model is the reference

@@ -24,12 +24,17 @@ _ALPHA_CURVE_POINTS = 400  # enough for a smooth x^gamma curve at any N
 
 
 def sensitivity_violins(
-    samples: Mapping[str, np.ndarray], path: Path, *, title: str = "Parameter sensitivity"
+    samples: Mapping[str, np.ndarray],
+    path: Path,
+    *,
+    title: str = "Parameter sensitivity",
+    std: Mapping[str, float] | None = None,
 ) -> Path:
     """Violins of each run's sensitivity sample side by side (paper Figures 3, 5).
 
     The caller has already removed the top 1% and taken a 10% sample (Appendix B). Each tick
-    label carries the sample's std, the paper's degree of contribution balance.
+    label carries the std, the paper's degree of contribution balance: `std[name]` (that of
+    all counted elements) where given, else the plotted sample's.
     """
     _check_runs("samples", samples)
     values = []
@@ -38,7 +43,11 @@ def sensitivity_violins(
         if arr.size == 0:
             raise ValueError(f"samples[{name!r}] is empty; give at least one sensitivity value")
         values.append(arr)
-    labels = [f"{name}\nstd {arr.std():.1e}" for name, arr in zip(samples, values, strict=True)]
+    std = std or {}
+    labels = [
+        f"{name}\nstd {std.get(name, arr.std()):.1e}"
+        for name, arr in zip(samples, values, strict=True)
+    ]
 
     fig, ax = _figure(width=max(4.0, 1.6 * len(values) + 1.5))
     positions = np.arange(1, len(values) + 1)
