@@ -218,3 +218,24 @@ def test_compiled_fused_loss_trains_like_the_eager_one(monkeypatch):
     assert fast.id_loss == pytest.approx(eager.id_loss, rel=1e-4)
     for a, b in zip(fast_g, eager_g, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_fused_loss_compiles_once_for_batches_of_any_length(monkeypatch):
+    """Batches hold different numbers of target positions; the compiled chunk kernels see
+    chunks of one shape, so they compile once each, not once per batch (a strided slice of
+    the per-position vectors once made dynamo recompile for every batch until its limit)."""
+    from torch._dynamo.utils import counters
+
+    from idistill import losses
+    from idistill.bench import training_batch
+
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 3 * 300 * 32)  # 32 positions per chunk
+    torch._dynamo.reset()
+    counters.clear()
+    model, optimizer, _, method = _tiny_step_setup()
+    for tokens in (200, 150, 250, 180):
+        _step(
+            model, optimizer, [training_batch(tokens, 300, seed=tokens)], method, compile_loss=True
+        )
+    assert counters["frames"]["ok"] == 2  # the forward and the backward chunk kernel
