@@ -41,8 +41,12 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             keys[key] = value
         else:
             overrides.append(arg)
-    if ("experiment" in keys) == ("plot" in keys):
+    if "experiment" in keys and "plot" in keys:
+        raise ValueError("give experiment=<target> or plot=<kind> runs=<ids>, not both")
+    if "experiment" not in keys and "plot" not in keys:
         raise ValueError("give experiment=<table1..5, fig4..fig8> or plot=<kind> runs=<ids>")
+    if not keys.get("bootstrap", "0").isdigit():
+        raise ValueError(f"bootstrap must be a whole number of resamples (got {keys['bootstrap']})")
     if "plot" in keys and not keys.get("runs"):
         raise ValueError(f"plot={keys['plot']} needs runs=<MLflow run ids, comma-separated>")
     return keys, overrides
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from idistill import report
@@ -69,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(keys.get("out") or Path("reports") / name)
         track = keys.get("track", "true").lower() not in ("false", "0", "no")
         if "plot" in keys:
-            uri = _compose(overrides, hydra=False).tracking.uri
+            cfg = _compose(overrides, hydra=False)
+            tracking = OmegaConf.to_container(cfg.tracking, resolve=True)
+            uri = report.store_uri(tracking)
             result = report.plot_runs(keys["plot"], keys["runs"].split(","), uri, out, track=track)
         else:
             bootstrap = int(keys.get("bootstrap", 1000))

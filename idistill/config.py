@@ -115,6 +115,12 @@ class AnalysisSettings:
     drop_top: float = 0.01  # violin plot: the most sensitive fraction left out (Appendix B)
     sample: float = 0.1  # violin plot: the fraction of the rest that is plotted
 
+    def __post_init__(self):
+        # `analysis.include=encoder_layers.*` on the command line arrives as one string
+        for key in ("include", "exclude"):
+            if isinstance(getattr(self, key), str):
+                setattr(self, key, [getattr(self, key)])
+
     @property
     def after_training(self) -> bool:
         """Whether an analysis runs on the best checkpoint."""
@@ -162,9 +168,10 @@ class RunSettings:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def cell_hash(self) -> str:
-        """The config hash without the seed: the runs of one table cell (mean +- std over
-        seeds in `idistill-report`)."""
-        return dataclasses.replace(self, seed=0).config_hash()
+        """The config hash without the seed and the data directory: the runs of one table cell
+        (mean +- std over seeds in `idistill-report`). data_dir comes from $IDISTILL_DATA or ~,
+        which differ between shells and hosts that hold the same data."""
+        return dataclasses.replace(self, seed=0, data_dir=Path()).config_hash()
 
 
 def _section(cls, values: dict[str, Any], prefix: str):
@@ -322,9 +329,19 @@ def _validate_analysis(a: AnalysisSettings) -> None:
     _require(a.batches >= 1, f"analysis.batches must be >= 1 (got {a.batches})")
     _require(a.track_batches >= 1, f"analysis.track_batches must be >= 1 (got {a.track_batches})")
     _require(
+        isinstance(a.ratios, (list, tuple)),
+        f"analysis.ratios must be a list, e.g. [0,0.3] (got {a.ratios})",
+    )
+    _require(
         a.ratios and all(0 <= r < 1 for r in a.ratios),
         f"analysis.ratios must be fractions in [0, 1), e.g. [0,0.1,0.2] (got {a.ratios})",
     )
+    for r in a.ratios:  # prune/<metric> is logged at step round(100 * ratio)
+        _require(
+            abs(100 * r - round(100 * r)) < 1e-6,
+            "analysis.ratios are logged with step = the percentage: use whole percents such as "
+            f"0.1, 0.25 (got {r})",
+        )
     _require(0 <= a.drop_top < 1, f"analysis.drop_top must be in [0, 1) (got {a.drop_top})")
     _require(0 < a.sample <= 1, f"analysis.sample must be in (0, 1] (got {a.sample})")
 

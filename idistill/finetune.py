@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from idistill.analysis.analyse import SensitivityTracking, analyse_checkpoint
+from idistill.analysis.analyse import RunAnalysis, sensitivity_autocast
 from idistill.checkpoint import BEST, LAST, atomic_save, write_meta
 from idistill.config import ConfigError, RunSettings
 from idistill.data.nlu import NLUData, nlu_module
@@ -254,16 +254,29 @@ def finetune_step(
 
 def unit_loss(head: str, device, amp) -> Callable:
     """loss_fn(model, batch): the head's plain task loss (no consistency term) per counted unit
-    of a collated batch; what the sensitivity (eq. 2) differentiates."""
+    of a collated batch; what the sensitivity (eq. 2) differentiates. It runs under bf16
+    autocast when training does, in fp32 otherwise (also when training runs fp16)."""
     loss_of = task_loss(head)
 
     def loss_fn(model: EncoderWithHead, c: Batch) -> Tensor:
         b = to_device(c, device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with sensitivity_autocast(device.type, amp):
             loss = loss_of(model_forward(model, head)(b), b)
         return loss / max(1, count_units(head, c))
 
     return loss_fn
+
+
+def language_means(scores: dict[str, float], eval_langs: Sequence[str] | None) -> dict[str, float]:
+    """Zero-shot tasks (task.eval_langs): "<split>/avg/<metric>", the mean over the languages of
+    "<split>/<lang>/<metric>" for dev and test, as the paper reports it (e.g. test/avg/f1);
+    {} for other tasks, whose eval sets may also hold a slash (MNLI's dev/matched)."""
+    per_lang: dict[str, list[float]] = {}
+    for key, value in scores.items():
+        split, *lang, name = key.split("/")
+        if len(lang) == 1 and lang[0] in (eval_langs or ()) and split in ("dev", "test"):
+            per_lang.setdefault(f"{split}/avg/{name}", []).append(value)
+    return {k: sum(v) / len(v) for k, v in per_lang.items() if len(v) > 1}
 
 
 def _check_head(data: NLUData, divergence: str, task_name: str) -> None:
@@ -334,6 +347,16 @@ def run(
         opt_name,
     )
 
+    def analysis_batches(n: int) -> list[Batch]:  # a fixed sample: an order training never uses
+        order = np.random.default_rng([s.seed, 0]).permutation(len(train_set))
+        return [
+            collate([train_set[i] for i in order[lo : lo + t.batch_size]], head, pad_id)
+            for lo in range(0, min(len(order), n * t.batch_size), t.batch_size)
+        ]
+
+    # checks analysis.include/exclude against the model before training
+    analysis = RunAnalysis(model, s.analysis, unit_loss(head, device, amp), analysis_batches)
+
     per_epoch = math.ceil(len(train_set) / (t.batch_size * t.update_freq))  # updates
     total = min(t.max_updates, per_epoch * t.max_epochs) if t.max_epochs else t.max_updates
     warmup = round(t.warmup_ratio * total) if t.warmup_ratio is not None else t.warmup_updates
@@ -384,18 +407,6 @@ def run(
         tracker.log_metrics(scores, step=update)
         log.info("update %d | %s", update, " | ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         return scores[f"{data.select_on}/{data.metric}"]
-
-    def analysis_batches(n: int) -> list[Batch]:  # a fixed sample: an order training never uses
-        order = np.random.default_rng([s.seed, 0]).permutation(len(train_set))
-        return [
-            collate([train_set[i] for i in order[lo : lo + t.batch_size]], head, pad_id)
-            for lo in range(0, min(len(order), n * t.batch_size), t.batch_size)
-        ]
-
-    a, loss_fn = s.analysis, unit_loss(head, device, amp)
-    track = SensitivityTracking(
-        model, a, analysis_batches(a.track_batches) if a.track_every else [], loss_fn
-    )
 
     step_settings = dict(method=m, device=device, amp=amp, clip_norm=t.clip_norm, id_mask=id_mask)
     step_settings["scaler"] = scaler
@@ -462,7 +473,7 @@ def run(
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}")
                 window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "units": 0, "batches": 0, "n": 0}
                 started = now
-            track(update, tracker)  # analysis.track_every: sensitivity statistics
+            analysis.during(update, tracker)  # analysis.track_every: sensitivity statistics
             epoch_done = batch_pos >= len(batches)
             if validation_due(update, total, t.validate_every, epoch_done):
                 checkpoint(run_validation())
@@ -480,12 +491,7 @@ def run(
         final |= {f"{name}/{k}": v for k, v in eval_set.score(outputs).items()}
         if eval_set.write is not None:
             tracker.log_artifact(eval_set.write(outputs, out_dir / "predictions"), "predictions")
-    per_lang: dict[str, list[float]] = {}  # zero-shot tasks: "test/avg/f1", "test/avg/exact_match"
-    for key, value in final.items():  # ... the mean over languages, as the paper reports it
-        split, *lang, name = key.split("/")
-        if len(lang) == 1 and split in ("dev", "test"):
-            per_lang.setdefault(f"{split}/avg/{name}", []).append(value)
-    final |= {k: sum(v) / len(v) for k, v in per_lang.items() if len(v) > 1}
+    final |= language_means(final, s.task.get("eval_langs"))  # zero-shot tasks
     tracker.log_metrics({**final, f"best/{data.select_on}/{data.metric}": best}, step=update)
     log.info(
         "best checkpoint (update %d): %s",
@@ -497,19 +503,14 @@ def run(
     )
     keys = (f"test/avg/{data.metric}", test_key, f"{data.select_on}/{data.metric}")
     objective = next((final[k] for k in keys if k in final), None)
-    if a.after_training:  # sensitivity / pruning of the best checkpoint
-        selected = f"{data.select_on}/{data.metric}"
-        analyse_checkpoint(
-            model,
-            a,
-            batches=analysis_batches(a.batches),
-            loss_fn=loss_fn,
-            evaluate=lambda: evaluate([data.select_on])[selected],
-            metric=selected,
-            tracker=tracker,
-            out_dir=out_dir,
-            step=update,
-            label=f"{m.name} K={m.effective_k}",
-            progress=progress,
-        )
+    selected = f"{data.select_on}/{data.metric}"
+    analysis.after(  # analysis=sensitivity / pruning of the best checkpoint
+        evaluate=lambda: evaluate([data.select_on])[selected],
+        metric=selected,
+        tracker=tracker,
+        out_dir=out_dir,
+        step=update,
+        label=f"{m.name} K={m.effective_k}",
+        progress=progress,
+    )
     return FinetuneResult(update, best, final, objective, save_dir)

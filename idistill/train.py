@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from idistill import distributed
-from idistill.analysis.analyse import SensitivityTracking, analyse_checkpoint
+from idistill.analysis.analyse import RunAnalysis, sensitivity_autocast
 from idistill.checkpoint import BEST, LAST, atomic_save, write_meta
 from idistill.config import MethodSettings, RunSettings
 from idistill.data.batching import collate, token_batches
@@ -129,11 +129,12 @@ def analysis_batches(examples, tokenizer, max_tokens: int, seed: int, n: int) ->
 
 def token_loss(label_smoothing: float, pad_id: int, device, amp) -> Callable:
     """loss_fn(model, batch): the plain task loss (label-smoothed CE, no consistency term) per
-    target token of a collated batch; what the sensitivity (eq. 2) differentiates."""
+    target token of a collated batch; what the sensitivity (eq. 2) differentiates. It runs
+    under bf16 autocast when training does, in fp32 otherwise (also when training runs fp16)."""
 
     def loss_fn(model, c: dict) -> Tensor:
         b = to_device({k: c[k] for k in ("src_tokens", "prev_output_tokens", "target")}, device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with sensitivity_autocast(device.type, amp):
             logits = model(b["src_tokens"], b["prev_output_tokens"])  # [B, T, V]
         loss, _ = label_smoothed_nll_loss(logits, b["target"], label_smoothing, pad_id)
         return loss / int(c["ntokens"])
@@ -323,6 +324,13 @@ def run(
     model = build_model(s.model, tok.vocab_size, tok.pad_id).to(device)
     tracker.log_params({"model.parameters": model.num_parameters()})
     log.info("model: %.2fM parameters", model.num_parameters() / 1e6)
+    analysis = RunAnalysis(  # checks analysis.include/exclude against the model before training
+        model,
+        s.analysis,
+        token_loss(t.label_smoothing, tok.pad_id, device, amp),
+        lambda n: analysis_batches(train_set, tok, t.max_tokens, s.seed, n),
+        main=world.main,  # rank 0 tracks and analyses
+    )
     teacher = load_teacher(model, Path(m.teacher), device) if m.teacher else None
     optimizer = make_optimizer(  # adamw, or SAGE's sensitivity-scaled variants (method=sage)
         model, m.optimizer, t.lr, t.betas, 1e-8, t.weight_decay, beta3=m.beta3
@@ -354,17 +362,6 @@ def run(
         torch.manual_seed(s.seed * 100_003 + update * 1_009 + world.rank)  # own dropout masks
     if t.compile == "model":
         runner = torch.compile(runner)
-
-    a = s.analysis
-    loss_fn = token_loss(t.label_smoothing, tok.pad_id, device, amp)
-    track = SensitivityTracking(
-        model,
-        a,
-        analysis_batches(train_set, tok, t.max_tokens, s.seed, a.track_batches)
-        if a.track_every and world.main
-        else [],
-        loss_fn,
-    )
 
     def checkpoint(valid_loss: float | None, finished: bool = False) -> None:
         nonlocal best
@@ -509,8 +506,7 @@ def run(
                 )
                 window = {"loss": 0.0, "ce": 0.0, "id": 0.0, "tokens": 0, "time": now}
                 aux_window = {}
-            if world.main:
-                track(update, tracker)  # analysis.track_every: sensitivity statistics
+            analysis.during(update, tracker)  # analysis.track_every: sensitivity statistics
             if t.validate_every and update % t.validate_every == 0:
                 validate_and_save()
         if batch_pos >= len(batches):  # epoch finished
@@ -563,18 +559,13 @@ def run(
         bleu.signature,
         best_state["update"],
     )
-    if a.after_training:  # sensitivity / pruning of the best checkpoint
-        analyse_checkpoint(
-            model,
-            a,
-            batches=analysis_batches(train_set, tok, t.max_tokens, s.seed, a.batches),
-            loss_fn=loss_fn,
-            evaluate=lambda: corpus_bleu(test_translations(progress=False), refs).score,
-            metric="bleu",
-            tracker=tracker,
-            out_dir=out_dir,
-            step=update,
-            label=f"{m.name} K={m.effective_k}",
-            progress=progress,
-        )
+    analysis.after(  # analysis=sensitivity / pruning of the best checkpoint
+        evaluate=lambda: corpus_bleu(test_translations(progress=False), refs).score,
+        metric="bleu",
+        tracker=tracker,
+        out_dir=out_dir,
+        step=update,
+        label=f"{m.name} K={m.effective_k}",
+        progress=progress,
+    )
     return RunResult(update, best, bleu.score, bleu.signature, save_dir)

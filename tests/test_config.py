@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,39 @@ def test_config_hash_ignores_where_a_run_is_saved(make_cfg):
     b = _settings(make_cfg, ["trainer.save_dir=/elsewhere"]).config_hash()
     c = _settings(make_cfg, ["method.alpha=1"]).config_hash()
     assert a == b != c
+
+
+def test_cell_hash_ignores_the_seed_and_the_data_dir(make_cfg):
+    # data_dir comes from $IDISTILL_DATA or ~: it differs between shells and hosts
+    s = _settings(make_cfg, [])
+    elsewhere = dataclasses.replace(s, seed=s.seed + 1, data_dir=Path("/elsewhere/data"))
+    assert elsewhere.cell_hash() == s.cell_hash()
+    assert elsewhere.config_hash() != s.config_hash()  # resume still tells them apart
+    other_alpha = dataclasses.replace(s, method=dataclasses.replace(s.method, alpha=1.0))
+    assert other_alpha.cell_hash() != s.cell_hash()
+
+
+def test_a_single_include_or_exclude_pattern_is_a_one_element_list(make_cfg):
+    a = _settings(make_cfg, ["analysis.include=encoder_layers.*", "analysis.exclude=*fc2*"])
+    assert a.analysis.include == ["encoder_layers.*"] and a.analysis.exclude == ["*fc2*"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("analysis.ratios=0.3", "analysis.ratios must be a list, e.g. [0,0.3] (got 0.3)"),
+        (
+            "analysis.ratios=[0,0.125,0.5]",
+            "analysis.ratios are logged with step = the percentage: use whole percents such as "
+            "0.1, 0.25 (got 0.125)",
+        ),
+    ],
+)
+def test_pruning_ratios_that_are_no_list_of_whole_percents_are_refused(make_cfg, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _settings(make_cfg, [override])
+
+
+def test_whole_percent_ratios_pass_despite_float_rounding(make_cfg):
+    ratios = [0, 0.01, 0.29, 0.57, 0.99]  # 0.57 * 100 = 56.99999999999999
+    assert _settings(make_cfg, [f"analysis.ratios=[{','.join(map(str, ratios))}]"]).analysis.ratios

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 
-from idistill import report
+from idistill import figures, report
 from idistill.cli.main import run
 from idistill.cli.report import _compose, main
 from idistill.tracking import client
@@ -52,10 +52,13 @@ def store(tmp_path_factory):
 
 
 def test_sweeps_on_the_command_line_narrow_or_extend_the_experiment_grid():
-    plain, sweeps = report.split_sweeps(["lang=de", "method=baseline,sage", "a.r=[0,0.1]"])
-    assert plain == ["lang=de", "a.r=[0,0.1]"] and sweeps == {"method": "baseline,sage"}
+    overrides = ["lang=de", "method=baseline, sage", "a.r=[0,0.1]", "seed=range(1,3)"]
+    plain, sweeps = report.parse_sweeps(overrides)
+    assert plain == ["lang=de", "a.r=[0,0.1]"]
+    assert sweeps == {"method": ["baseline", "sage"], "seed": ["1", "2"]}
     grid, seeds = report.sweep_grid(
-        {"lang": "ar,de", "method": "a,b,c", "seed": "1,2"}, {"method": "a,b"}
+        {"lang": ["ar", "de"], "method": ["a", "b", "c"], "seed": ["1", "2"]},
+        {"method": ["a", "b"]},
     )
     assert seeds == ["1", "2"]
     assert grid == [
@@ -64,13 +67,6 @@ def test_sweeps_on_the_command_line_narrow_or_extend_the_experiment_grid():
         {"lang": "de", "method": "a"},
         {"lang": "de", "method": "b"},
     ]
-
-
-def test_a_value_prints_mean_std_over_seeds_and_the_significance_mark():
-    assert report.Value([]).text() == report.MISSING
-    assert report.Value([30.0]).text() == "30.00"
-    assert report.Value([30.0, 32.0], p_value=0.01).text() == "31.00 ± 1.41 (2)*"
-    assert report.Value([30.0], p_value=0.2).text() == "30.00"
 
 
 def test_table_holds_the_runs_numbers_and_the_paired_bootstrap(store, tmp_path):
@@ -144,6 +140,10 @@ def test_plots_of_any_runs_show_sensitivity_and_pruning(store, tmp_path):
     result = report.plot_runs("sensitivity", [ids["intra_distill"]], uri, tmp_path, track=False)
     run_metrics = client(uri).get_run(ids["intra_distill"]).data.metrics
     assert result.tables[0].rows[0][1][0].values == [run_metrics["sensitivity/std"]]
+    out = tmp_path / "cli"
+    args = ["plot=loss", f"runs={ids['baseline']}", f"tracking.uri={uri}", f"out={out}"]
+    assert main([*args, "track=false"]) == 0
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="analysis.track_every"):
         report.plot_runs("training", [ids["baseline"]], uri, tmp_path, track=False)
 
@@ -176,9 +176,9 @@ def test_figures_of_the_paper_are_drawn_from_their_experiments_runs(
 def test_the_sensitivity_sample_is_a_run_artifact(store):
     shared, ids, _ = store
     uri = shared[-1].split("=", 1)[1]
-    sample = report.sensitivity_sample(client(uri).get_run(ids["intra_distill"]))
+    sample = figures.sensitivity_sample(client(uri).get_run(ids["intra_distill"]))
     assert sample.dtype == np.float32 and sample.size > 100 and (sample >= 0).all()
-    assert report.sensitivity_sample(client(uri).get_run(ids["baseline"])).size > 100
+    assert figures.sensitivity_sample(client(uri).get_run(ids["baseline"])).size > 100
 
 
 def test_fig4_draws_the_alpha_schedule_from_the_config_alone(tmp_path):
@@ -187,23 +187,6 @@ def test_fig4_draws_the_alpha_schedule_from_the_config_alone(tmp_path):
     result = report.make_report("fig4", overrides, _compose, tmp_path / "out", track=False)
     png = tmp_path / "out" / "fig4.png"
     assert result.tables == [] and png.read_bytes()[:4] == b"\x89PNG"
-
-
-def test_paper_numbers_are_compared_where_the_paper_file_has_them():
-    table = report.Table(
-        "t",
-        ["de", "avg"],
-        [
-            ("baseline", [report.Value([34.0]), report.Value([30.0])]),
-            ("intra_distill", [report.Value([37.0]), report.Value([33.0])]),
-        ],
-    )
-    versus = report.paper_table("table2", table)
-    (label, (ours, paper, diff)), = versus.rows  # fmt: skip
-    assert "intra_distill avg (gain" in label and "abstract" in label
-    assert ours.mean == pytest.approx(3.0) and paper.mean == pytest.approx(3.54)
-    assert diff.mean == pytest.approx(3.0 - 3.54)
-    assert report.paper_table("table3", table) is None  # nothing of Table 3 is in the file
 
 
 @pytest.mark.parametrize(
@@ -215,6 +198,9 @@ def test_paper_numbers_are_compared_where_the_paper_file_has_them():
         (["experiment=table2", "tracking=none"], "drop tracking=none"),
         (["experiment=table3", "methd=x"], "methd"),
         (["plot=violin", "runs=abc"], "unknown plot=violin"),
+        (["experiment=table2", "plot=loss", "runs=a"], "not both"),
+        (["experiment=table2", "bootstrap=many"], "bootstrap must be a whole number"),
+        (["experiment=table2", "tracking.uri=sqlite:///nowhere/m.db"], "no MLflow store at"),
     ],
 )
 def test_bad_report_arguments_get_a_clear_error(args, message, capsys):
@@ -338,3 +324,66 @@ def test_table4_prints_glue_dev_scores_x100_with_the_average(tmp_path):
     assert not any(v.values for v in rows["baseline"])
     missing = [n for n in table.notes if n.startswith("missing: ")]
     assert len(missing) == 4 and any("glue_task=rte method=intra_distill" in n for n in missing)
+
+
+def test_a_newer_run_without_the_analysis_does_not_hide_the_one_with_it(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    shared = [*SYNTHETIC, f"data_dir={tmp_path / 'data'}", f"tracking.uri={uri}"]
+    ids = []
+    for analysis in ("pruning", "none"):  # the same cell: analyses are not in the cell hash
+        overrides = ["experiment=fig6", *shared, "method=baseline", f"analysis={analysis}"]
+        with initialize_config_module("idistill.conf", version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides, "analysis.batches=2"])
+        run(cfg, output_dir=tmp_path / analysis, progress=False)
+        c = client(uri)
+        ids = [
+            r.info.run_id for r in c.search_runs([e.experiment_id for e in c.search_experiments()])
+        ]
+    newest, with_pruning = ids  # search_runs: newest first
+    narrow = [*shared, "method=baseline"]
+    fig6 = report.make_report("fig6", narrow, _compose, tmp_path / "f", track=False)
+    (name, curve), = fig6.tables[0].rows  # fmt: skip
+    assert name == "baseline" and len(curve) == 6 and curve[0].values  # the run with pruning
+    assert (tmp_path / "f" / "fig6.png").is_file()
+    table2 = report.make_report(
+        "table2", [*narrow, "lang=null"], _compose, tmp_path / "t", bootstrap=0, track=False
+    )
+    assert table2.tables[0].rows[0][1][0].run_ids == [newest]
+    assert with_pruning != newest
+
+
+def _fake_run(run_id: str, seed: str, round_: str | None = None):
+    from types import SimpleNamespace
+
+    tags = {"round": round_} if round_ is not None else {}
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id=run_id, status="FINISHED"),
+        data=SimpleNamespace(params={"seed": seed}, tags=tags, metrics={"test/bleu": 30.0}),
+    )
+
+
+def test_table1_rows_are_the_rounds_each_pooling_its_seeds_and_missing_rounds_show():
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(method=SimpleNamespace(rounds=2))
+    runs = [_fake_run(f"r{s}{r}", s, str(r)) for s in ("1", "2") for r in (0, 1)]
+    cell = report.Cell({}, ["experiment=table1"], settings, ["1", "2"], runs)
+    table, _, _ = report.build_table(report.TARGETS["table1"], [cell])
+    rows = dict(table.rows)
+    assert list(rows) == ["round 0", "round 1", "round 2"]
+    assert rows["round 0"][0].run_ids == ["r10", "r20"] and rows["round 1"][0].std == 0.0
+    assert not rows["round 2"][0].values  # the chain stopped before round 2
+
+
+def test_a_swept_key_that_is_neither_row_nor_column_names_the_rows():
+    cells = [
+        report.Cell(
+            {"method": "intra_distill", "method.alpha": a}, [], None, [], [_fake_run(a, "1")]
+        )
+        for a in ("1", "5")
+    ]
+    table, _, _ = report.build_table(report.TARGETS["table3"], cells)
+    assert [name for name, _ in table.rows] == [
+        "intra_distill method.alpha=1",
+        "intra_distill method.alpha=5",
+    ]

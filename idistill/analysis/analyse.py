@@ -1,18 +1,20 @@
 """The analyses of a training run: on the best checkpoint after training (analysis=sensitivity,
-analysis=pruning) and during training (analysis.track_every). The loops hand over the model,
-fixed training batches, the plain task loss and the task's evaluation; results go to the
-run's tracker as metrics and to `<run dir>/analysis/` as files, logged as artifacts."""
+analysis=pruning) and during training (analysis.track_every). A loop builds one `RunAnalysis`
+right after its model, handing over the model, the plain task loss and a source of fixed
+training batches; results go to the run's tracker as metrics and to `<run dir>/analysis/` as
+files, logged as artifacts."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from idistill.analysis import plots
@@ -24,7 +26,7 @@ from idistill.analysis.sensitivity import (
     summarize,
     violin_sample,
 )
-from idistill.config import AnalysisSettings
+from idistill.config import AnalysisSettings, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -33,82 +35,118 @@ SAMPLE_FILE = "sensitivity_sample.npy"  # the violin's values; idistill-report d
 PRUNING_FILE = "pruning.json"
 
 LossFn = Callable[[nn.Module, Any], Tensor]
+TRACKED = ("std", "top20_mean", "bottom80_mean")  # during training: train/sensitivity_<name>
 
 
-def analyse_checkpoint(
-    model: nn.Module,
-    a: AnalysisSettings,
-    *,
-    batches: Sequence[Any],
-    loss_fn: LossFn,
-    evaluate: Callable[[], float],
-    metric: str,
-    tracker,
-    out_dir: Path,
-    step: int,
-    label: str = "this run",
-    progress: bool = False,
-) -> SensitivityStats:
-    """Sensitivity of every counted element of `model` over `batches` (eq. 2): its statistics as
-    metrics `sensitivity/*`, a violin plot, and with a.pruning the pruning curve of `metric`
-    (`prune/<metric>` with step = the pruned percentage) and its plot."""
-    folder = out_dir / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    params = counted_parameters(model, a.include, a.exclude)
-    sens = sensitivity(model, batches, loss_fn, params, progress=progress)
-    stats = summarize(sens)
-    tracker.log_metrics(stats.as_metrics(), step=step)
-    log.info(
-        "sensitivity of %d elements in %d tensors over %d batches: std %.3e, top-20%% mean "
-        "%.3e, bottom-80%% mean %.3e",
-        stats.count,
-        len(params),
-        len(batches),
-        stats.std,
-        stats.top20_mean,
-        stats.bottom80_mean,
-    )
-    sample = violin_sample(sens, drop_top=a.drop_top, fraction=a.sample)
-    np.save(folder / SAMPLE_FILE, sample)
-    record = {
-        **asdict(stats),
-        "batches": len(batches),
-        "include": list(a.include),
-        "exclude": list(a.exclude),
-        "drop_top": a.drop_top,
-        "sample": a.sample,
-        "tensors": {name: p.numel() for name, p in params.items()},  # what was counted
-    }
-    (folder / "sensitivity.json").write_text(json.dumps(record, indent=1))
-    plots.sensitivity_violins({label: sample}, folder / "sensitivity.png", std={label: stats.std})
-
-    if a.pruning:
-        ratios = sorted({0.0, *a.ratios})  # the unpruned model is the reference
-        curve = pruning_curve(params, sens, ratios, evaluate, progress=progress)
-        for ratio, value in curve:
-            tracker.log_metrics({f"prune/{metric}": value}, step=round(ratio * 100))
-        log.info(
-            "pruning: %s", ", ".join(f"{ratio:.0%} {metric} {value:.2f}" for ratio, value in curve)
-        )
-        (folder / PRUNING_FILE).write_text(json.dumps({"metric": metric, "curve": curve}))
-        plots.pruning_curves({label: curve}, folder / "pruning.png", metric=metric)
-    tracker.log_artifacts(folder, FOLDER)
-    return stats
+def sensitivity_autocast(device_type: str, amp: torch.dtype | None):
+    """The autocast the sensitivity loss runs under: the training dtype when it is bf16, no
+    autocast (fp32) for fp16, whose small gradients underflow without the loss scaling that
+    training has and the sensitivity has not."""
+    dtype = None if amp == torch.float16 else amp
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
-class SensitivityTracking:
-    """analysis.track_every=N: every N updates, the std and the top-20% / bottom-80% means of
-    the sensitivity over the same `a.track_batches` training batches, logged as
-    `train/sensitivity_*` (paper Figure 2). Dropout is off while it is measured and no random
-    numbers are drawn, so tracking does not change the training run."""
+class RunAnalysis:
+    """The analyses of one run, built right after its model so that a bad analysis.include /
+    exclude stops the run before training.
 
-    def __init__(self, model: nn.Module, a: AnalysisSettings, batches: Sequence[Any], loss_fn):
-        self.model, self.every, self.batches, self.loss_fn = model, a.track_every, batches, loss_fn
-        self.params = counted_parameters(model, a.include, a.exclude) if a.track_every else {}
+    batches(n) -> n fixed training batches (the same ones every time it is asked); loss_fn(model,
+    batch) -> the plain task loss the sensitivity (eq. 2) differentiates. main=False (the other
+    ranks of a torchrun job) turns tracking off.
+    """
 
-    def __call__(self, update: int, tracker) -> None:
-        """Measure and log after `update` when it is due."""
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: AnalysisSettings,
+        loss_fn: LossFn,
+        batches: Callable[[int], list],
+        main: bool = True,
+    ):
+        self.model, self.settings, self.loss_fn, self.batches = model, settings, loss_fn, batches
+        self.params = self._counted() if settings.after_training or settings.track_every else {}
+        self.every = settings.track_every if main else 0
+        self.tracked = batches(settings.track_batches) if self.every else []
+
+    def _counted(self) -> dict[str, nn.Parameter]:
+        a = self.settings
+        try:
+            return counted_parameters(self.model, a.include, a.exclude)
+        except ValueError as e:
+            raise ConfigError(f"analysis.include/exclude: {e}") from None
+
+    def during(self, update: int, tracker) -> None:
+        """analysis.track_every=N: after every N-th update, the std and the top-20% / bottom-80%
+        means of the sensitivity over the same `track_batches` batches as `train/sensitivity_*`
+        (paper Figure 2). Dropout is off while it is measured and no random numbers are drawn,
+        so tracking does not change the training run."""
         if not self.every or update % self.every:
             return
-        sens = sensitivity(self.model, self.batches, self.loss_fn, self.params)
-        tracker.log_metrics(summarize(sens).as_metrics("train/sensitivity_"), step=update)
+        stats = summarize(sensitivity(self.model, self.tracked, self.loss_fn, self.params))
+        metrics = {f"train/sensitivity_{k}": getattr(stats, k) for k in TRACKED}
+        tracker.log_metrics(metrics, step=update)
+
+    def after(
+        self,
+        *,
+        evaluate: Callable[[], float],
+        metric: str,
+        tracker,
+        out_dir: Path,
+        step: int,
+        label: str = "this run",
+        progress: bool = False,
+    ) -> SensitivityStats | None:
+        """analysis=sensitivity / pruning, on the model as it is now (the best checkpoint):
+        the sensitivity of every counted element over `analysis.batches` batches (eq. 2), its
+        statistics as metrics `sensitivity/*` and a violin plot; with pruning, `evaluate()` of
+        the model with the least sensitive `ratios` pruned as `prune/<metric>` (step = the
+        pruned percentage) and its plot. None when neither analysis is on."""
+        a = self.settings
+        if not a.after_training:
+            return None
+        folder = out_dir / FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        batches = self.batches(a.batches)
+        sens = sensitivity(self.model, batches, self.loss_fn, self.params, progress=progress)
+        stats = summarize(sens)
+        tracker.log_metrics(stats.as_metrics(), step=step)
+        log.info(
+            "sensitivity of %d elements in %d tensors over %d batches: std %.3e, top-20%% mean "
+            "%.3e, bottom-80%% mean %.3e",
+            stats.count,
+            len(self.params),
+            len(batches),
+            stats.std,
+            stats.top20_mean,
+            stats.bottom80_mean,
+        )
+        sample = violin_sample(sens, drop_top=a.drop_top, fraction=a.sample)
+        np.save(folder / SAMPLE_FILE, sample)
+        record = {
+            **asdict(stats),
+            "batches": len(batches),
+            "include": list(a.include),
+            "exclude": list(a.exclude),
+            "drop_top": a.drop_top,
+            "sample": a.sample,
+            "tensors": {name: p.numel() for name, p in self.params.items()},  # what was counted
+        }
+        (folder / "sensitivity.json").write_text(json.dumps(record, indent=1))
+        plots.sensitivity_violins(
+            {label: sample}, folder / "sensitivity.png", std={label: stats.std}
+        )
+
+        if a.pruning:
+            ratios = sorted({0.0, *a.ratios})  # the unpruned model is the reference
+            curve = pruning_curve(self.params, sens, ratios, evaluate, progress=progress)
+            for ratio, value in curve:  # whole percents (config.py checks)
+                tracker.log_metrics({f"prune/{metric}": value}, step=round(ratio * 100))
+            log.info(
+                "pruning: %s",
+                ", ".join(f"{ratio:.0%} {metric} {value:.2f}" for ratio, value in curve),
+            )
+            (folder / PRUNING_FILE).write_text(json.dumps({"metric": metric, "curve": curve}))
+            plots.pruning_curves({label: curve}, folder / "pruning.png", metric=metric)
+        tracker.log_artifacts(folder, FOLDER)
+        return stats

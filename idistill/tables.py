@@ -1,0 +1,192 @@
+"""Tables of run metrics: mean +- std over seeds, printed as text, Markdown and CSV; sacreBLEU's
+paired bootstrap between rows; the paper's numbers beside ours (idistill/paper.yaml)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+MISSING = "–"
+
+
+@dataclass
+class Value:
+    """One table cell: mean +- std over seeds, and the runs it came from."""
+
+    values: list[float]
+    run_ids: list[str] = field(default_factory=list)
+    p_value: float | None = None  # paired bootstrap against the baseline row (BLEU)
+
+    @property
+    def mean(self) -> float | None:
+        """The mean over seeds, None when missing."""
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """The sample std over seeds, None with fewer than two."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    def text(self, fmt: str = ".2f") -> str:
+        """'36.12', '36.12 ± 0.20 (3)' over 3 seeds, '*' when p < 0.05; '–' when missing."""
+        if not self.values:
+            return MISSING
+        out = format(self.mean, fmt)
+        if self.std is not None:
+            out += f" ± {format(self.std, fmt)} ({len(self.values)})"
+        return out + ("*" if self.p_value is not None and self.p_value < 0.05 else "")
+
+
+def value_of(runs: Sequence[Any], metric: str, scale: float = 1.0) -> Value:
+    """`metric` (its last value) of every run that logged a finite one (a collapsed run's NaN
+    correlation counts as missing)."""
+    pairs = [
+        (r.data.metrics[metric] * scale, r.info.run_id)
+        for r in runs
+        if math.isfinite(r.data.metrics.get(metric, math.nan))
+    ]
+    return Value([v for v, _ in pairs], [i for _, i in pairs])
+
+
+@dataclass
+class Table:
+    """Rows of Values under headers, printable three ways."""
+
+    title: str
+    headers: list[str]
+    rows: list[tuple[str, list[Value]]]
+    notes: list[str] = field(default_factory=list)
+    fmt: str = ".2f"
+
+    def _cells(self) -> list[list[str]]:
+        return [[name] + [v.text(self.fmt) for v in values] for name, values in self.rows]
+
+    def terminal(self) -> str:
+        """Fixed-width text."""
+        rows = [["", *self.headers], *self._cells()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+
+        def line(r: list[str]) -> str:
+            return "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+
+        out = [self.title, line(rows[0]), "  ".join("-" * w for w in widths)]
+        return "\n".join(out + [line(r) for r in rows[1:]] + [f"  {n}" for n in self.notes])
+
+    def markdown(self) -> str:
+        """A Markdown table with its title and notes."""
+        out = [f"### {self.title}", "", "| | " + " | ".join(self.headers) + " |"]
+        out.append("|---|" + "---:|" * len(self.headers))
+        out += ["| " + " | ".join(r) + " |" for r in self._cells()]
+        return "\n".join(out + [""] + [f"- {n}" for n in self.notes])
+
+    def records(self) -> list[dict[str, Any]]:
+        """One record per cell, the numbers rather than the text (the CSV)."""
+        return [
+            {
+                "table": self.title,
+                "row": name,
+                "column": header,
+                "mean": v.mean,
+                "std": v.std,
+                "n": len(v.values),
+                "p_value": v.p_value,
+                "run_ids": " ".join(v.run_ids),
+            }
+            for name, values in self.rows
+            for header, v in zip(self.headers, values, strict=True)
+        ]
+
+
+def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> None:
+    """sacreBLEU's paired bootstrap of every row against the baseline row (its first seed that
+    both have) from the runs' test.hyp / test.ref artifacts; sets each Value's p_value.
+    lines_of(run, name) -> the artifact's lines, or None where it was not stored."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    base = rows.get("baseline") or rows.get("round 0")
+    if base is None:
+        table.notes.append("no significance test: no baseline row")
+        return
+    for name, values in table.rows:
+        for i, (col, _) in enumerate(metrics):
+            mine, theirs = rows.get(name, {}).get(col), base.get(col)
+            if rows.get(name) is base or mine is None or theirs is None:
+                continue
+            seeds = {r.data.params.get("seed"): r for r in theirs.runs}
+            pair = next((r for r in mine.runs if r.data.params.get("seed") in seeds), None)
+            if pair is None:
+                continue
+            other = seeds[pair.data.params.get("seed")]
+            hyp, ref, base_hyp = (
+                lines_of(pair, "test.hyp"),
+                lines_of(pair, "test.ref"),
+                lines_of(other, "test.hyp"),
+            )
+            if hyp is None or ref is None or base_hyp is None:
+                table.notes.append(
+                    f"no significance test for {name} ({col}): no test.hyp / test.ref"
+                )
+                continue
+            test = PairedTest(
+                [("baseline", base_hyp), (name, hyp)],
+                {"BLEU": BLEU()},
+                [ref],
+                test_type="bs",
+                n_samples=n_samples,
+            )
+            values[i].p_value = test()[1]["BLEU"][1].p_value
+    table.notes.append(
+        f"*: p < 0.05 against the baseline (sacreBLEU paired bootstrap, {n_samples} samples, "
+        "on the first seed both rows have)"
+    )
+
+
+def paper_numbers() -> list[dict[str, Any]]:
+    """The paper's numbers shipped with idistill (idistill/paper.yaml)."""
+    text = resources.files("idistill").joinpath("paper.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)["numbers"] or []
+
+
+def paper_table(name: str, table: Table) -> Table | None:
+    """Our number next to the paper's for every number the paper file holds for `name`: a
+    `value` is the cell itself, a `gain` the row minus the baseline row in that column."""
+    entries = [e for e in paper_numbers() if e["target"] == name]
+    if not entries:
+        return None
+    cells = {
+        (row, h): v
+        for row, values in table.rows
+        for h, v in zip(table.headers, values, strict=True)
+    }
+    rows = []
+    for e in entries:
+        ours = cells.get((e["row"], e["column"]), Value([])).mean
+        if e["quantity"] == "gain":
+            base = cells.get(("baseline", e["column"]), Value([])).mean
+            ours = None if ours is None or base is None else ours - base
+        diff = None if ours is None else ours - e["value"]
+        label = f"{e['row']} {e['column']} ({e['quantity']}; paper: {e['source']})"
+        rows.append(
+            (
+                label,
+                [
+                    Value([] if ours is None else [ours]),
+                    Value([e["value"]]),
+                    Value([] if diff is None else [diff]),
+                ],
+            )
+        )
+    note = "the paper's other numbers are not in idistill/paper.yaml (see its header)"
+    return Table(
+        f"{table.title}: against the paper", ["ours", "paper", "ours - paper"], rows, [note]
+    )
