@@ -47,6 +47,10 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         raise ValueError("give experiment=<table1..5, fig4..fig8> or plot=<kind> runs=<ids>")
     if not keys.get("bootstrap", "0").isdigit():
         raise ValueError(f"bootstrap must be a whole number of resamples (got {keys['bootstrap']})")
+    from idistill.figures import DRAW  # the plot kinds
+
+    if "plot" in keys and keys["plot"] not in DRAW:
+        raise ValueError(f"unknown plot={keys['plot']} (valid: {', '.join(DRAW)})")
     if "plot" in keys and not keys.get("runs"):
         raise ValueError(f"plot={keys['plot']} needs runs=<MLflow run ids, comma-separated>")
     return keys, overrides

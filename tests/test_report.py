@@ -194,6 +194,7 @@ def test_fig4_draws_the_alpha_schedule_from_the_config_alone(tmp_path):
     [
         (["experiment=table9"], "unknown report 'table9'"),
         (["plot=sensitivity"], "needs runs="),
+        (["plot=loss", "runs=abc"], "no MLflow store at mlflow.db"),
         (["table2"], "arguments are key=value"),
         (["experiment=table2", "tracking=none"], "drop tracking=none"),
         (["experiment=table3", "methd=x"], "methd"),
@@ -203,7 +204,8 @@ def test_fig4_draws_the_alpha_schedule_from_the_config_alone(tmp_path):
         (["experiment=table2", "tracking.uri=sqlite:///nowhere/m.db"], "no MLflow store at"),
     ],
 )
-def test_bad_report_arguments_get_a_clear_error(args, message, capsys):
+def test_bad_report_arguments_get_a_clear_error(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./mlflow.db here
     assert main(args) == 2
     assert message in capsys.readouterr().err
 
