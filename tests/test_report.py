@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 
 from idistill import figures, report
 from idistill.cli.main import run
@@ -30,6 +29,17 @@ SYNTHETIC = [o for o in SMALL_RUN if not o.startswith("experiment=")] + [
 ]
 
 
+def _train(overrides: list[str], out: Path) -> None:
+    """One short real run, composed as `idistill` composes it."""
+    run(_compose(overrides, hydra=False), output_dir=out, progress=False)
+
+
+def _runs(uri: str, filter_string: str = "") -> list:
+    """The runs of every experiment in the store at `uri`, newest first."""
+    c = client(uri)
+    return c.search_runs([e.experiment_id for e in c.search_experiments()], filter_string)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Two finished runs of fig6's grid (baseline and intra-distillation, with the pruning
@@ -39,14 +49,8 @@ def store(tmp_path_factory):
     ids = {}
     for method in ("baseline", "intra_distill"):
         overrides = ["experiment=fig6", *shared, f"method={method}", "analysis.batches=3"]
-        with initialize_config_module("idistill.conf", version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-        run(cfg, output_dir=tmp / method, progress=False)
-        uri = shared[-1].split("=", 1)[1]
-        found = client(uri).search_runs(
-            [e.experiment_id for e in client(uri).search_experiments()],
-            filter_string=f"tags.method = '{method}'",
-        )
+        _train(overrides, tmp / method)
+        found = _runs(shared[-1].split("=", 1)[1], f"tags.method = '{method}'")
         ids[method] = found[0].info.run_id
     return shared, ids, tmp
 
@@ -213,14 +217,11 @@ def test_bad_report_arguments_get_a_clear_error(args, message, capsys, tmp_path,
 def test_training_plot_draws_figure_2_from_the_tracked_sensitivity(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [*SMALL_RUN, f"data_dir={tmp_path / 'data'}", f"tracking.uri={uri}"]
-    with initialize_config_module("idistill.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, "analysis.track_every=3"])
-    run(cfg, output_dir=tmp_path / "o", progress=False)
-    c = client(uri)
-    [r] = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    _train([*overrides, "analysis.track_every=3"], tmp_path / "o")
+    [r] = _runs(uri)
     result = report.plot_runs("training", [r.info.run_id], uri, tmp_path / "out", track=False)
     (name, (first, last, top, bottom)), = result.tables[0].rows  # fmt: skip
-    std = c.get_metric_history(r.info.run_id, "train/sensitivity_std")
+    std = client(uri).get_metric_history(r.info.run_id, "train/sensitivity_std")
     assert [first.mean, last.mean] == [m.value for m in sorted(std, key=lambda m: m.step)]
     assert top.mean > bottom.mean
     assert (tmp_path / "out" / "training-0.png").read_bytes()[:4] == b"\x89PNG"
@@ -261,9 +262,7 @@ def test_table5_prints_averages_over_languages_and_the_per_language_table(tmp_pa
         f"tracking.uri={uri}",
     ]
     for method in ("baseline", "intra_distill"):
-        with initialize_config_module("idistill.conf", version_base="1.3"):
-            cfg = compose("config", [f"experiment={target}", *shared, f"method={method}", "seed=1"])
-        run(cfg, output_dir=tmp_path / method, progress=False)
+        _train([f"experiment={target}", *shared, f"method={method}", "seed=1"], tmp_path / method)
     overrides = [*shared, "method=baseline,intra_distill", "seed=1,2"]
     result = report.make_report(target, overrides, _compose, tmp_path / "out", track=False)
     main_table, per_language = result.tables
@@ -276,11 +275,8 @@ def test_table5_prints_averages_over_languages_and_the_per_language_table(tmp_pa
     assert len(rows["baseline"][dev_f1].values) == 1
     assert sum(n.endswith("seed=2") for n in main_table.notes) == 2  # seed 2: not run
     assert per_language.headers == langs and "dev f1" in per_language.title
-    c = client(uri)
     for name, values in per_language.rows:
-        [r] = c.search_runs(
-            [e.experiment_id for e in c.search_experiments()], f"tags.method = '{name}'"
-        )
+        [r] = _runs(uri, f"tags.method = '{name}'")
         assert [v.mean for v in values] == [
             pytest.approx(r.data.metrics[f"dev/{lang}/f1"]) for lang in langs
         ]
@@ -306,9 +302,7 @@ def test_table4_prints_glue_dev_scores_x100_with_the_average(tmp_path):
         f"tracking.uri={uri}",
     ]
     for glue_task in ("sst2", "mrpc"):
-        with initialize_config_module("idistill.conf", version_base="1.3"):
-            cfg = compose("config", ["experiment=table4", *shared, f"glue_task={glue_task}"])
-        run(cfg, output_dir=tmp_path / glue_task, progress=False)
+        _train(["experiment=table4", *shared, f"glue_task={glue_task}"], tmp_path / glue_task)
     overrides = [*shared, "glue_task=sst2,mrpc,rte", "method=baseline,intra_distill"]
     result = report.make_report("table4", overrides, _compose, tmp_path / "out", track=False)
     table = result.tables[0]
@@ -316,10 +310,7 @@ def test_table4_prints_glue_dev_scores_x100_with_the_average(tmp_path):
     rows = dict(table.rows)
     assert set(rows) == {"baseline", "intra_distill"}
     sst2, mrpc_f1, mrpc_acc, rte, avg = rows["intra_distill"]
-    c = client(uri)
-    [mrpc] = c.search_runs(
-        [e.experiment_id for e in c.search_experiments()], "tags.glue_task = 'mrpc'"
-    )
+    [mrpc] = _runs(uri, "tags.glue_task = 'mrpc'")
     assert mrpc_f1.mean == pytest.approx(100 * mrpc.data.metrics["dev/f1"])
     assert mrpc_acc.mean == pytest.approx(100 * mrpc.data.metrics["dev/accuracy"])
     assert 0 <= sst2.mean <= 100 and not rte.values and not avg.values  # RTE: not run
@@ -331,16 +322,10 @@ def test_table4_prints_glue_dev_scores_x100_with_the_average(tmp_path):
 def test_a_newer_run_without_the_analysis_does_not_hide_the_one_with_it(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     shared = [*SYNTHETIC, f"data_dir={tmp_path / 'data'}", f"tracking.uri={uri}"]
-    ids = []
     for analysis in ("pruning", "none"):  # the same cell: analyses are not in the cell hash
         overrides = ["experiment=fig6", *shared, "method=baseline", f"analysis={analysis}"]
-        with initialize_config_module("idistill.conf", version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides, "analysis.batches=2"])
-        run(cfg, output_dir=tmp_path / analysis, progress=False)
-        c = client(uri)
-        ids = [
-            r.info.run_id for r in c.search_runs([e.experiment_id for e in c.search_experiments()])
-        ]
+        _train([*overrides, "analysis.batches=2"], tmp_path / analysis)
+        ids = [r.info.run_id for r in _runs(uri)]
     newest, with_pruning = ids  # search_runs: newest first
     narrow = [*shared, "method=baseline"]
     fig6 = report.make_report("fig6", narrow, _compose, tmp_path / "f", track=False)
