@@ -70,7 +70,7 @@ def run(argv: list[str] | None = None) -> dict:
     import torch
 
     from idistill import bench
-    from idistill.train import autocast_dtype, pick_device
+    from idistill.engine.device import autocast_dtype, pick_device
 
     device = pick_device(args.device)
     amp = autocast_dtype(args.precision, device)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+import yaml
 
 from idistill.config import MethodSettings
 from idistill.data.batching import collate, token_batches
@@ -134,7 +134,7 @@ def training_batch(target_tokens: int, vocab: int, seed: int = 0) -> dict:
 def load_model_config(name: str) -> dict:
     """The `model=<name>` config group file, as a plain dict."""
     path = files("idistill.conf") / "model" / f"{name}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(str(path)))
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def build(name: str, vocab: int, device: torch.device) -> Seq2SeqTransformer:
@@ -160,8 +160,10 @@ def bench_train_step(
 ) -> dict:
     """One optimizer update of `model_name` on ~`target_tokens` target tokens (K passes).
     compile: as trainer.compile (none | loss | model)."""
+    from idistill.engine.step import step as train_step
+    from idistill.losses import LabelSmoothedCE
+    from idistill.recipes.translation import seq2seq_loss
     from idistill.sage import make_optimizer
-    from idistill.train import train_step
 
     model = build(model_name, vocab, device)
     model.train()
@@ -170,10 +172,14 @@ def bench_train_step(
     method = MethodSettings(k=k, alpha=5.0, passes=passes, schedule="constant")
     runner = torch.compile(model) if compile == "model" else model
 
+    loss_fn = seq2seq_loss(
+        method, LabelSmoothedCE(0.1, PAD), fused=True, compiled=compile != "none"
+    )
+
     def step():
         return train_step(
-            runner, optimizer, [batch], method=method, alpha=5.0, pad_id=PAD,
-            label_smoothing=0.1, device=device, amp=amp, compile_loss=compile != "none",
+            runner, optimizer, [batch], loss_fn, alpha=5.0, units=lambda b: int(b["ntokens"]),
+            device=device, amp=amp,
         )  # fmt: skip
 
     flops = count_flops(step)  # doubles as the first warm-up step

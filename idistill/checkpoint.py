@@ -56,3 +56,48 @@ def find_resumable(roots: list[Path], config_hash: str) -> Path | None:
             if resumable and (meta_file.parent / LAST).is_file():
                 found.append((meta_file.stat().st_mtime, meta_file.parent))
     return max(found)[1] if found else None
+
+
+def save_last(
+    save_dir: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    rng: dict,
+    state: dict[str, Any],
+    settings: dict[str, Any],
+    meta: dict[str, Any],
+) -> None:
+    """The one checkpoint schema of every task: weights, optimizer, loss scaler, random state,
+    the loop's state (update, epoch, batch_pos, best, ...) and the run's settings; then its meta
+    (config hash, update, run id, finished), which `find_resumable` reads."""
+    ckpt = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng,
+        "settings": settings,
+        **state,
+    }
+    atomic_save(ckpt, save_dir / LAST)
+    write_meta(save_dir, {**meta, "update": state["update"]})
+
+
+def save_best(
+    save_dir: Path,
+    *,
+    model: torch.nn.Module,
+    update: int,
+    metric: str,
+    score: float,
+    settings: dict[str, Any],
+) -> None:
+    """The best checkpoint: the weights, where and by what they were selected, the settings."""
+    ckpt = {"model": model.state_dict(), "update": update, "metric": metric, "score": score}
+    atomic_save({**ckpt, "settings": settings}, save_dir / BEST)
+
+
+def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint of ours, onto `device`."""
+    return torch.load(path, map_location=device, weights_only=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ LR_SCHEDULES = ("inverse_sqrt", "linear")
 BASE_OPTIMIZERS = ("adamw", "adamax")  # NLU fine-tuning; method=sage adds SAGE's scaling to it
 ALPHA_PER = ("unit", "batch")  # NLU: what alpha weighs (see the README's "Alpha normalization")
 ID_MASKS = ("labels", "attention")  # tokens head: positions the divergence counts
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -77,6 +80,7 @@ class TrainerSettings:
     clip_norm: float = 0.0
     label_smoothing: float = 0.1
     validate_every: int = 0
+    patience: int = 0  # stop after this many validations without a better score (0: off)
     log_every: int = 20
     beam: int = 5
     len_penalty: float = 1.0
@@ -86,6 +90,7 @@ class TrainerSettings:
     device: str = "auto"
     precision: str = "auto"
     compile: str = "loss"
+    fused_loss: bool = True  # translation: CE + divergence in one chunked pass (false: reference)
     num_threads: int | None = None
     resume: Any = False
     save_dir: str | None = None
@@ -160,9 +165,18 @@ class RunSettings:
         for key in ("resume", "save_dir", "device", "num_threads"):
             d["trainer"].pop(key, None)
         plain = TrainerSettings()
-        for key in ("batch_size", "optimizer", "lr_schedule", "warmup_ratio"):  # NLU keys: at
-            if d["trainer"][key] == getattr(plain, key):  # their defaults they leave the hashes
-                d["trainer"].pop(key)  # of translation runs as they were before they existed
+        # keys added later (NLU's, early stopping): at their defaults they leave the hashes of
+        # the runs made before they existed as they were
+        for key in (
+            "batch_size",
+            "optimizer",
+            "lr_schedule",
+            "warmup_ratio",
+            "patience",
+            "fused_loss",
+        ):
+            if d["trainer"][key] == getattr(plain, key):
+                d["trainer"].pop(key)
         d.pop("tracking")
         d.pop("analysis")  # analyses read the model; they do not change training
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -295,6 +309,7 @@ def validate(s: RunSettings) -> None:
     _require(t.update_freq >= 1, f"trainer.update_freq must be >= 1 (got {t.update_freq})")
     _require(t.warmup_updates >= 1, f"trainer.warmup_updates must be >= 1 (got {t.warmup_updates})")
     _require(t.lr > 0, f"trainer.lr must be > 0 (got {t.lr})")
+    _validate_patience(t)
     _require(t.beam >= 1, f"trainer.beam must be >= 1 (got {t.beam})")
     _require(
         t.device in ("auto", "cpu", "cuda"),
@@ -322,6 +337,20 @@ def validate(s: RunSettings) -> None:
         f"tracking must be mlflow or none (got {s.tracking.backend!r})",
     )
     _validate_analysis(s.analysis)
+
+
+def _validate_patience(t: TrainerSettings) -> None:
+    """trainer.patience: a whole number >= 0; a warning when the run cannot validate that often."""
+    _require(
+        isinstance(t.patience, int) and not isinstance(t.patience, bool) and t.patience >= 0,
+        f"trainer.patience must be a whole number >= 0 (0: off) (got {t.patience!r})",
+    )
+    if t.patience and t.validate_every and t.max_updates // t.validate_every <= t.patience:
+        log.warning(
+            "trainer.patience=%d can never stop the run: trainer.max_updates=%d allows only %d "
+            "validations every %d updates",
+            t.patience, t.max_updates, t.max_updates // t.validate_every, t.validate_every,
+        )  # fmt: skip
 
 
 def _validate_analysis(a: AnalysisSettings) -> None:

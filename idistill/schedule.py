@@ -65,3 +65,19 @@ def inverse_sqrt_lr(
     if step < warmup_updates:
         return warmup_init_lr + step * (peak_lr - warmup_init_lr) / warmup_updates
     return peak_lr * math.sqrt(warmup_updates / step)
+
+
+def linear_lr(step: int, peak_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up from 0 to peak_lr over `warmup` updates, then linear decay to 0 at `total`."""
+    if step < warmup:
+        return peak_lr * step / warmup
+    return peak_lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def learning_rate(
+    schedule: str, step: int, peak_lr: float, warmup: int, total: int, warmup_init_lr: float
+) -> float:
+    """trainer.lr_schedule at `step`: inverse_sqrt (translation) or linear (fine-tuning)."""
+    if schedule == "linear":
+        return linear_lr(step, peak_lr, warmup, total)
+    return inverse_sqrt_lr(step, peak_lr, max(1, warmup), warmup_init_lr)

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from idistill import finetune, train
 from idistill.analysis.analyse import RunAnalysis, sensitivity_autocast
 from idistill.checkpoint import BEST, LAST
 from idistill.cli.main import run
-from idistill.config import AnalysisSettings, ConfigError
+from idistill.config import AnalysisSettings, ConfigError, settings_from_dict
+from idistill.engine.run import sensitivity_loss
+from idistill.recipes.nlu import NLURecipe, language_means
+from idistill.recipes.translation import TranslationRecipe
 from idistill.tracking import client
 
 from conftest import SMALL_RUN
@@ -256,24 +258,33 @@ class _AutocastProbe(nn.Module):
         return out[:, 0] if self.first_position else out
 
 
-def test_both_loops_take_the_sensitivity_loss_out_of_fp16_autocast():
+def test_both_recipes_take_the_sensitivity_loss_out_of_fp16_autocast(make_cfg):
+    from omegaconf import OmegaConf
+
+    def settings(overrides):
+        return settings_from_dict(OmegaConf.to_container(make_cfg(overrides), resolve=True))
+
     cpu, tokens = torch.device("cpu"), torch.tensor([[1, 2, 3], [4, 5, 0]])  # [B=2, T=3]
     probe = _AutocastProbe()
     pair = {"src_tokens": tokens, "prev_output_tokens": tokens, "target": tokens, "ntokens": 5}
+    translation = TranslationRecipe(settings(SMALL_RUN))
+    translation.tok = type("Tok", (), {"pad_id": 0})  # what setup() would load
     for amp, on in ((torch.float16, False), (torch.bfloat16, True)):
-        train.token_loss(0.1, 0, cpu, amp)(probe, pair)
+        sensitivity_loss(translation, cpu, amp)(probe, pair)
         assert probe.autocast_on is on
     probe = _AutocastProbe(first_position=True)
     example = {"input_ids": tokens, "attention_mask": tokens > 0, "labels": torch.tensor([1, 0])}
+    nlu = NLURecipe(settings(["experiment=glue_cpu"]))
+    nlu.head = "classification"  # what setup() would read from the data
     for amp, on in ((torch.float16, False), (torch.bfloat16, True)):
-        finetune.unit_loss("classification", cpu, amp)(probe, example)
+        sensitivity_loss(nlu, cpu, amp)(probe, example)
         assert probe.autocast_on is on
 
 
 def test_language_means_are_for_zero_shot_tasks_only():
     # MNLI's two dev sets are not languages: no dev/avg/accuracy
     mnli = {"dev/matched/accuracy": 0.8, "dev/mismatched/accuracy": 0.7}
-    assert finetune.language_means(mnli, eval_langs=None) == {}
+    assert language_means(mnli, eval_langs=None) == {}
     scores = {"dev/en/f1": 0.9, "dev/de/f1": 0.7, "test/en/f1": 0.8, "test/de/f1": 0.6}
-    means = finetune.language_means({**scores, "dev/matched/accuracy": 0.5}, ["en", "de"])
+    means = language_means({**scores, "dev/matched/accuracy": 0.5}, ["en", "de"])
     assert means == pytest.approx({"dev/avg/f1": 0.8, "test/avg/f1": 0.7})

@@ -13,7 +13,7 @@ from idistill.checkpoint import BEST
 from idistill.cli.main import run
 from idistill.config import ConfigError
 from idistill.distill import load_teacher, teacher_checkpoint, teacher_kl
-from idistill.train import build_model
+from idistill.recipes.translation import build_model
 
 from conftest import SMALL_RUN
 
@@ -130,7 +130,7 @@ def test_a_chain_resumes_only_from_its_directory(tmp_path, make_cfg):
 def test_round_zero_is_plain_training_whatever_k_and_alpha_the_students_use(
     tmp_path, make_cfg, monkeypatch
 ):
-    import idistill.cli.main as cli
+    import idistill.runs as runs
 
     seen = []
 
@@ -138,7 +138,7 @@ def test_round_zero_is_plain_training_whatever_k_and_alpha_the_students_use(
         seen.append(settings.method)
         return SimpleNamespace(test_bleu=None), "run-id"
 
-    monkeypatch.setattr(cli, "_run_one", fake_run_one)
+    monkeypatch.setattr(runs, "run_one", fake_run_one)
     cfg = make_cfg([*SMALL_RUN, "method=self_distill", "method.k=3", "method.alpha=2"])
     run(cfg, output_dir=tmp_path / "out", progress=False)
     teacher, student = seen

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from idistill.intra import intra_distill_loss
-from idistill.losses import divergence
+from idistill.intra import fused_intra_distill_loss, intra_distill_loss
+from idistill.losses import LabelSmoothedCE, divergence, label_smoothed_nll_loss, reference
 
 
 class TinyClassifier(nn.Module):
@@ -24,6 +24,9 @@ def ce_sum(logits, batch):
 def make_batch(seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"x": torch.randn(4, 3, 6, generator=g), "y": torch.randint(0, 5, (4, 3), generator=g)}
+
+
+LS_CE = LabelSmoothedCE(0.1, 0, key="y")  # the fused step's task loss: label-smoothed CE
 
 
 def grads(model):
@@ -123,6 +126,7 @@ def test_bf16_outputs_give_a_float32_divergence():
     assert out.id_loss.dtype == torch.float32 and torch.isfinite(out.loss)
 
 
+@pytest.mark.parametrize("step", ["generic", "fused"])
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -132,32 +136,40 @@ def test_bf16_outputs_give_a_float32_divergence():
         ({"k": 2, "alpha": 1.0, "divergence": "kl"}, "divergence.name .*'kl'"),
     ],
 )
-def test_bad_arguments_are_refused(kwargs, message):
+def test_bad_arguments_are_refused(step, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        intra_distill_loss(TinyClassifier(), make_batch(), ce_sum, **kwargs)
+        if step == "generic":
+            intra_distill_loss(TinyClassifier(), make_batch(), ce_sum, **kwargs)
+        else:
+            fused_intra_distill_loss(TinyClassifier(), make_batch(), LS_CE, **kwargs)
+
+
+def test_fused_step_refuses_mse_and_names_the_generic_step():
+    with pytest.raises(ValueError, match="x, js, jeffrey .*'mse'.*intra_distill_loss"):
+        fused_intra_distill_loss(
+            TinyClassifier(), make_batch(), LS_CE, k=2, alpha=1.0, divergence="mse"
+        )
 
 
 @pytest.mark.parametrize("passes", ["concat", "loop"])
 @pytest.mark.parametrize("k", [1, 3])
-def test_label_smoothed_ce_takes_the_fused_path_with_the_generic_values(passes, k):
-    """LabelSmoothedCE is computed with the divergence in one fused pass: the loss, its parts
-    and the gradients equal the generic path's (same dropout masks through the same seed)."""
-    from idistill.losses import LabelSmoothedCE, label_smoothed_nll_loss
-
+def test_fused_step_gives_the_generic_values_with_dropout(passes, k):
+    """The fused step computes LabelSmoothedCE with the divergence in one fused pass: the
+    loss, its parts and the gradients equal the generic path's (same dropout masks through the
+    same seed); it returns no outputs, whose memory holds their gradient after backward."""
     torch.manual_seed(0)
     model = TinyClassifier()
     batch = make_batch()
     mask = batch["y"] != 0
-    fused_ce = LabelSmoothedCE(0.1, 0, key="y")
 
     def generic_ce(logits, b):
         return label_smoothed_nll_loss(logits, b["y"], 0.1, 0)[0]
 
     results = []
-    for task_loss in (fused_ce, generic_ce):
+    for step, task_loss in ((fused_intra_distill_loss, LS_CE), (intra_distill_loss, generic_ce)):
         model.zero_grad()
         torch.manual_seed(7)
-        res = intra_distill_loss(
+        res = step(
             model, batch, task_loss, k=k, alpha=2.0, divergence="x", passes=passes, mask=mask
         )
         res.loss.backward()
@@ -166,6 +178,114 @@ def test_label_smoothed_ce_takes_the_fused_path_with_the_generic_values(passes, 
     assert fused.loss.item() == pytest.approx(generic.loss.item(), rel=1e-5)
     assert fused.task.item() == pytest.approx(generic.task.item(), rel=1e-5)
     assert fused.id_loss.item() == pytest.approx(generic.id_loss.item(), rel=1e-5, abs=1e-7)
-    assert len(fused.outputs) == k
+    assert fused.outputs == [] and len(generic.outputs) == k
     for a, b in zip(fused_grads, generic_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+class ScaledPasses:
+    """A deterministic stand-in for dropout: pass i's logits are the model's times (1 + i / 2),
+    whether the K passes come as one forward over the repeated batch or as K forwards."""
+
+    def __init__(self, model, rows):
+        self.model, self.rows, self.done = model, rows, 0
+
+    def __call__(self, batch):
+        out = self.model(batch)  # [n*B, T, V], n passes
+        n = out.shape[0] // self.rows
+        scale = 1 + torch.arange(self.done, self.done + n, dtype=out.dtype) / 2  # [n]
+        self.done += n
+        return out * scale.repeat_interleave(self.rows)[:, None, None]
+
+
+def reference_step(forward, batch, k, alpha, name, mask):
+    """Eq. 10 from the reference formulas: K forwards, mean label-smoothed CE + alpha * L_id."""
+    outputs = [forward(batch) for _ in range(k)]
+    ces = [reference.label_smoothed_nll_loss(o, batch["y"], 0.1, 0)[0] for o in outputs]
+    task = torch.stack(ces).mean()
+    id_loss = reference.FORMULAS[name](outputs, mask)
+    return task, id_loss, task + alpha * id_loss, outputs
+
+
+def float64_setup():
+    torch.manual_seed(0)
+    model = TinyClassifier(dropout=0.0).double()
+    batch = make_batch()
+    batch["x"] = batch["x"].double()
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    mask[1, 0] = mask[2, 2] = False
+    return model, batch, mask
+
+
+@pytest.mark.parametrize("name", ["x", "js", "jeffrey"])
+@pytest.mark.parametrize("passes", ["concat", "loop"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_fused_step_equals_the_reference_step(name, passes, k):
+    model, batch, mask = float64_setup()
+    task, id_loss, loss, _ = reference_step(ScaledPasses(model, 4), batch, k, 2.0, name, mask)
+    loss.backward()
+    expected = grads(model)
+    model.zero_grad()
+    res = fused_intra_distill_loss(
+        ScaledPasses(model, 4), batch, LS_CE, k=k, alpha=2.0, divergence=name, passes=passes,
+        mask=mask,
+    )  # fmt: skip
+    res.loss.backward()
+    assert res.task.item() == pytest.approx(task.item(), rel=1e-6)
+    assert res.id_loss.item() == pytest.approx(id_loss.item(), rel=1e-5, abs=1e-9)
+    assert res.loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    for a, b in zip(grads(model), expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def squares_and_first_pass(outputs, batch):
+    """Two extra terms; the first keeps its inputs, the logits, for its backward pass."""
+    return {"squares": 0.01 * sum((o**2).sum() for o in outputs), "first": outputs[0].sum()}
+
+
+@pytest.mark.parametrize("passes", ["concat", "loop"])
+def test_extra_terms_are_added_to_the_loss_and_reported(passes):
+    """Both steps add the hook's terms to `loss` and report them detached; the gradients are
+    the reference's, also in the fused step, whose backward overwrites the logits the
+    "squares" term reads in its own backward."""
+    model, batch, mask = float64_setup()
+    _, _, loss, outputs = reference_step(ScaledPasses(model, 4), batch, 3, 2.0, "x", mask)
+    terms = squares_and_first_pass(outputs, batch)
+    (loss + terms["squares"] + terms["first"]).backward()
+    expected = grads(model)
+    for step in (intra_distill_loss, fused_intra_distill_loss):
+        model.zero_grad()
+        res = step(
+            ScaledPasses(model, 4), batch, LS_CE, k=3, alpha=2.0, passes=passes, mask=mask,
+            extra=squares_and_first_pass,
+        )  # fmt: skip
+        res.loss.backward()
+        assert set(res.extras) == {"squares", "first"}
+        assert not any(v.requires_grad for v in res.extras.values())
+        for key, value in terms.items():
+            assert res.extras[key].item() == pytest.approx(value.item(), rel=1e-9)
+        assert res.loss.item() == pytest.approx((loss + sum(terms.values())).item(), rel=1e-6)
+        for a, b in zip(grads(model), expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_step_returns_no_tensor_that_backward_changes():
+    torch.manual_seed(0)
+    model, batch = TinyClassifier(), make_batch()
+    produced = []
+
+    def forward(b):
+        produced.append(model(b))  # [K*B, T, V]
+        return produced[-1]
+
+    res = fused_intra_distill_loss(
+        forward, batch, LS_CE, k=3, alpha=2.0, extra=squares_and_first_pass
+    )
+    returned = [res.loss, res.task, res.id_loss, *res.outputs, *res.extras.values()]
+    before = [t.detach().clone() for t in returned]
+    logits = produced[0].detach().clone()
+    res.loss.backward()
+    assert res.outputs == []
+    for now, then in zip(returned, before, strict=True):
+        assert torch.equal(now.detach(), then)
+    assert not torch.equal(produced[0].detach(), logits)  # the model's output: now its gradient

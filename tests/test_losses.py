@@ -9,7 +9,9 @@ from idistill.losses import (
     CLASSIFICATION_DIVERGENCES,
     DIVERGENCES,
     divergence,
+    fused,
     label_smoothed_nll_loss,
+    reference,
 )
 
 
@@ -191,6 +193,87 @@ def test_label_smoothed_nll_is_float32_for_bf16_logits():
     assert loss.dtype == nll.dtype == torch.float32
 
 
+# ---- the reference formulas against the paper's definitions, in Python floats
+
+# K = 3 distributions over V = 3 classes at two positions; a third position is masked out
+REF_PROBS = [
+    [[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]],  # p_1, p_2, p_3 at position 0
+    [[0.3, 0.3, 0.4], [0.6, 0.3, 0.1], [0.25, 0.5, 0.25]],  # at position 1
+]
+
+
+def _reference_inputs() -> tuple[list[torch.Tensor], torch.Tensor]:
+    """K logit tensors [3 positions, V] whose softmax is REF_PROBS, NaN at the masked one."""
+    outputs = [
+        torch.stack([logits_of(pos[i]) for pos in REF_PROBS] + [torch.full((3,), math.nan)])
+        for i in range(3)
+    ]
+    return outputs, torch.tensor([True, True, False])
+
+
+def _by_definition(name: str) -> float:
+    """The divergence `name` summed over REF_PROBS' positions, from KL sums in Python floats."""
+    total = 0.0
+    for ps in REF_PROBS:
+        k = len(ps)
+        pbar = [sum(col) / k for col in zip(*ps, strict=True)]
+        if name == "x":  # eq. 8
+            total += sum(kl(p, pbar) + kl(pbar, p) for p in ps) / k
+        elif name == "js":
+            total += sum(kl(p, pbar) for p in ps) / k
+        else:  # jeffrey: eq. 14 / K^2
+            total += sum(kl(p, q) + kl(q, p) for p in ps for q in ps) / k**2
+    return total
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION_DIVERGENCES)
+def test_reference_divergence_equals_kl_sums_of_the_definition(name):
+    outputs, mask = _reference_inputs()
+    got = reference.FORMULAS[name](outputs, mask)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(_by_definition(name), rel=1e-6)
+
+
+def test_reference_mse_equals_the_definition():
+    values = [
+        torch.tensor([1.0, 0.0, 9.0]),
+        torch.tensor([3.0, 0.0, 9.0]),
+        torch.tensor([2.0, 3.0, 0.0]),
+    ]
+    # position 0: 1, 3, 2 -> mean 2 -> (1 + 1 + 0) / 3; position 1: 0, 0, 3 -> mean 1 -> 6 / 3
+    got = reference.mse(values, torch.tensor([True, True, False]))
+    assert got.item() == pytest.approx(2 / 3 + 6 / 3, rel=1e-6)
+
+
+def test_reference_x_is_at_most_jeffrey_theorem_c1_and_js_at_most_x():
+    outputs, mask = _reference_inputs()
+    js, x, jeffrey = (reference.FORMULAS[n](outputs, mask).item() for n in ("js", "x", "jeffrey"))
+    assert 0 < js <= x <= jeffrey
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_reference_jeffrey_is_twice_x(k):
+    """sum_i (p_i - p_bar) = 0 turns eq. 8 into (1/K^2) sum_ij KL(p_i || p_j), half of eq. 14 /
+    K^2; the fused kernel computes jeffrey this way, the reference by the pairwise sum."""
+    torch.manual_seed(k)
+    outputs = [3 * torch.randn(4, 9) for _ in range(k)]
+    torch.testing.assert_close(reference.jeffrey(outputs), 2 * reference.x(outputs))
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_reference_is_finite_for_bf16_logits_of_magnitude_100(name):
+    torch.manual_seed(0)
+    shape = (4,) if name == "mse" else (4, 10)
+    outs = [(torch.randn(shape) * 100).bfloat16().requires_grad_() for _ in range(3)]
+    value = reference.FORMULAS[name](outs)
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    assert all(torch.isfinite(o.grad).all() for o in outs)
+
+
+# ---- the fused kernels against the reference
+
+
 def _by_autograd(name: str, logits: torch.Tensor) -> torch.Tensor:
     """X or JS through plain autograd in float64: the reference for the fused ones."""
     logp = torch.log_softmax(logits.double(), dim=-1)
@@ -205,7 +288,7 @@ def _by_autograd(name: str, logits: torch.Tensor) -> torch.Tensor:
 def test_fused_value_and_gradient_match_autograd_across_chunks(
     monkeypatch, name, chunk_elements, k
 ):
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(k)
     logits = (3 * torch.randn(k, 2, 5, 11)).requires_grad_()
     mask = torch.tensor([[True, True, False, True, True], [True, False, True, True, False]])
@@ -220,38 +303,50 @@ def test_fused_value_and_gradient_match_autograd_across_chunks(
 
 
 def _generic_output_loss(logits, target, epsilon, pad, name, mask):
-    """Mean over passes of label_smoothed_nll_loss, and divergence(): the unfused reference."""
-    ce = torch.stack([label_smoothed_nll_loss(o, target, epsilon, pad)[0] for o in logits])
-    return ce.mean(), divergence(name, list(logits), mask)
+    """Mean over passes of the reference CE, and the reference divergence: what the fused loss
+    must equal."""
+    ce = torch.stack(
+        [reference.label_smoothed_nll_loss(o, target, epsilon, pad)[0] for o in logits]
+    )
+    return ce.mean(), reference.FORMULAS[name](list(logits), mask)
 
 
 @pytest.mark.parametrize("name", CLASSIFICATION_DIVERGENCES)
 @pytest.mark.parametrize("chunk_elements", [1, 50, 1 << 21])
 @pytest.mark.parametrize("k", [1, 2, 3])
 @pytest.mark.parametrize("reuse", [False, True])
-def test_fused_ce_and_divergence_match_the_unfused_losses(
-    monkeypatch, name, chunk_elements, k, reuse
+@pytest.mark.parametrize("own_mask", [False, True])
+def test_fused_ce_and_divergence_match_the_reference(
+    monkeypatch, name, chunk_elements, k, reuse, own_mask
 ):
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk_elements)
+    """Several chunks (1 and 50 elements per chunk), one chunk (1 << 21); the divergence over
+    the non-pad positions (mask None) or over a mask of its own (pad included, some not)."""
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(10 + k)
     pad = 0
     target = torch.randint(1, 7, (2, 5))
     target[0, 3:] = pad
     target[1, 4] = pad
+    mask = target != pad
+    if own_mask:
+        mask = torch.tensor([[True, False, True, True, False], [True, True, False, True, True]])
     logits = (3 * torch.randn(k, 2, 5, 7, dtype=torch.float64)).requires_grad_()
     produced = logits * 1.0  # a model's output, whose memory `reuse` turns into its gradient
-    ce, div = losses.intra_output_loss(produced, target, 0.1, pad, name, reuse=reuse)
+    ce, div = losses.intra_output_loss(
+        produced, target, 0.1, pad, name, mask if own_mask else None, reuse=reuse
+    )
     (0.7 * ce + 1.9 * div).backward()
     if reuse:
         torch.testing.assert_close(produced.detach(), logits.grad)
     ref_logits = logits.detach().clone().requires_grad_()
-    ref_ce, ref_div = _generic_output_loss(ref_logits, target, 0.1, pad, name, target != pad)
+    ref_ce, ref_div = _generic_output_loss(ref_logits, target, 0.1, pad, name, mask)
     (0.7 * ref_ce + 1.9 * ref_div).backward()
     assert ce.dtype == div.dtype == torch.float32
-    assert ce.item() == pytest.approx(ref_ce.item(), rel=1e-5)
+    assert ce.item() == pytest.approx(ref_ce.item(), rel=1e-6)
     assert div.item() == pytest.approx(ref_div.item(), rel=1e-5, abs=1e-7)
-    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-4, atol=1e-6)
-    assert logits.grad[:, target == pad].abs().max() == 0  # padding gets no gradient
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-7)
+    # padding outside the divergence mask gets no gradient
+    assert logits.grad[:, ~mask & (target == pad)].abs().max() == 0
 
 
 def test_fused_loss_counts_ce_and_divergence_positions_separately():

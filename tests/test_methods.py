@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from idistill.config import settings_from_dict
 from idistill.intra import intra_distill_loss
 from idistill.losses import label_smoothed_nll_loss
-from idistill.train import build_model
+from idistill.recipes.translation import build_model
 
 METHODS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "method").glob("*.yaml"))
 VOCAB, PAD = 40, 0

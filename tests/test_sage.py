@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from idistill.recipes.translation import build_model
 from idistill.sage import SageAdamax, SageAdamW, make_optimizer, sage_param_groups
-from idistill.train import build_model
 
 TINY = OmegaConf.to_container(
     OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "transformer_tiny.yaml")

@@ -22,7 +22,7 @@ from idistill.models.transformer import (
     TransformerConfig,
     transformer_config,
 )
-from idistill.train import build_model
+from idistill.recipes.translation import build_model
 
 PAD, BOS, EOS, V = 0, 1, 2, 40
 D, E = 16, 4

@@ -1,7 +1,8 @@
-"""Divergences between K passes (paper eq. 8-9, 14) and fairseq's label-smoothed cross-entropy.
+"""The fused, chunked implementation of label-smoothed CE + divergence between K passes.
 
-Everything is computed from log-probabilities in float32, never log(softmax(x)), so that a
-probability that underflows still gives a finite loss and finite gradients under bf16/fp16.
+Computes the same values and gradients as `reference.py` (the tests hold it to that), but
+keeps no [K, ..., V] log-probabilities for the backward pass: it recomputes chunk by chunk
+and writes the closed-form gradient, optionally through torch.compile'd kernels.
 """
 
 import functools
@@ -9,83 +10,12 @@ import logging
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-DIVERGENCES = ("x", "js", "jeffrey", "mse")
-CLASSIFICATION_DIVERGENCES = ("x", "js", "jeffrey")
+from idistill.losses.reference import CLASSIFICATION_DIVERGENCES
 
 log = logging.getLogger(__name__)
-
-
-def divergence(
-    name: str, outputs: list[Tensor], mask: Tensor | None = None, *, compiled: bool = False
-) -> Tensor:
-    """Divergence between K outputs, summed over the positions where `mask` is True.
-
-    outputs: K tensors [..., V] of logits ("x", "js", "jeffrey"; softmax is taken here) or
-    [...] real values ("mse"). mask: bool [...], True where a position counts; None = all.
-    With p_bar = mean_i p_i, per position:
-      x       = (1/K) sum_i [KL(p_i||p_bar) + KL(p_bar||p_i)]        (paper eq. 8)
-      js      = (1/K) sum_i KL(p_i||p_bar)
-      jeffrey = (1/K^2) sum_i sum_j [KL(p_i||p_j) + KL(p_j||p_i)]     (eq. 14 / K^2; R-Drop at K=2)
-      mse     = (1/K) sum_i (p_i - p_bar)^2                            (paper eq. 9)
-    Returns a float32 scalar; 0 when K == 1. compiled: torch.compile'd chunk kernels (see
-    `_FusedOutputLoss`).
-    """
-    if name not in DIVERGENCES:
-        raise ValueError(
-            f"unknown divergence {name!r}: divergence.name must be one of {', '.join(DIVERGENCES)}"
-        )
-    if len(outputs) == 0:
-        raise ValueError("divergence needs at least one output (got an empty list)")
-    shapes = [tuple(o.shape) for o in outputs]
-    if len(set(shapes)) > 1:
-        raise ValueError(f"divergence outputs must all have the same shape (got {shapes})")
-    if name != "mse" and outputs[0].dim() == 0:
-        raise ValueError(f"divergence {name!r} needs logits [..., V] (got a scalar)")
-    positions = shapes[0] if name == "mse" else shapes[0][:-1]
-    if mask is not None:
-        if mask.dtype != torch.bool:
-            raise ValueError(f"divergence mask must be a bool tensor (got dtype {mask.dtype})")
-        if tuple(mask.shape) != positions:
-            raise ValueError(
-                f"divergence mask shape {tuple(mask.shape)} must equal the outputs' "
-                f"position shape {positions} (outputs {shapes[0]})"
-            )
-
-    k = len(outputs)
-    if k == 1:
-        return torch.zeros((), dtype=torch.float32, device=outputs[0].device)
-    if name == "mse":
-        values = torch.stack(outputs).float()  # [K, ...]
-        if mask is not None:
-            values = values[:, mask]  # masked values never reach the maths, not even as NaN * 0
-        return (values - values.mean(0)).pow(2).sum() / k
-
-    logits = torch.stack(outputs)  # [K, ..., V]
-    flat = logits.reshape(k, -1, logits.shape[-1])  # our own copy: its memory takes the gradient
-    return _fused(flat, None, mask, 0.0, name, compiled, reuse=True)[1]
-
-
-class LabelSmoothedCE:
-    """Task loss of translation: fairseq's label-smoothed cross-entropy against batch[key],
-    summed over the positions whose target is not `ignore_index`.
-
-    A plain callable `(logits, batch) -> loss`; `intra_distill_loss` recognizes it and computes
-    it together with the divergence in one fused pass (`intra_output_loss`, torch.compile'd
-    kernels when `compiled`).
-    """
-
-    def __init__(
-        self, epsilon: float, ignore_index: int | None, key: str = "target", compiled: bool = False
-    ):
-        self.epsilon, self.ignore_index, self.key = epsilon, ignore_index, key
-        self.compiled = compiled
-
-    def __call__(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        return label_smoothed_nll_loss(logits, batch[self.key], self.epsilon, self.ignore_index)[0]
 
 
 def intra_output_loss(
@@ -101,18 +31,15 @@ def intra_output_loss(
     """(mean over the K passes of the summed label-smoothed CE, divergence) of logits
     [K, ..., V] against target [...], in one pass over the logits.
 
-    Equal to the mean over i of `label_smoothed_nll_loss(logits[i], target, ...)[0]` and to
-    `divergence(name, list(logits), mask)`, but no [K, ..., V] log-probabilities are kept for
-    the backward pass: it recomputes chunk by chunk and writes one gradient. name: "x", "js"
-    or "jeffrey"; mask None means every position whose target is not ignore_index.
+    Equal to the mean over i of `reference.label_smoothed_nll_loss(logits[i], target, ...)[0]`
+    and to `reference.FORMULAS[name](list(logits), mask)`, but no [K, ..., V] log-probabilities
+    are kept for the backward pass: it recomputes chunk by chunk and writes one gradient.
+    name: "x", "js" or "jeffrey"; mask None means every position whose target is not
+    ignore_index.
     compiled: full chunks run through torch.compile'd kernels (eager if compiling fails).
     reuse: the backward writes the logits' gradient into the logits' own memory (no second
     [K, ..., V] tensor); only for logits nothing else reads after the backward pass.
     """
-    if name not in CLASSIFICATION_DIVERGENCES:
-        raise ValueError(
-            f"intra_output_loss needs one of {CLASSIFICATION_DIVERGENCES} (got {name!r})"
-        )
     k, vocab = logits.shape[0], logits.shape[-1]
     if tuple(target.shape) != tuple(logits.shape[1:-1]):
         raise ValueError(
@@ -133,6 +60,22 @@ def intra_output_loss(
     return _fused(flat, ce, mask, epsilon, name, compiled, reuse)
 
 
+def logits_divergence(
+    logits: Tensor,
+    name: str,
+    mask: Tensor | None = None,
+    compiled: bool = False,
+    reuse: bool = False,
+) -> Tensor:
+    """Divergence `name` ("x", "js" or "jeffrey") between the K passes of logits [K, ..., V],
+    summed over the positions where mask [...] is True (None: all): equal to
+    `reference.FORMULAS[name](list(logits), mask)`, computed like `intra_output_loss`.
+    reuse: as in `intra_output_loss`.
+    """
+    flat = logits.reshape(logits.shape[0], -1, logits.shape[-1])  # [K, N, V]
+    return _fused(flat, None, mask, 0.0, name, compiled, reuse)[1]
+
+
 def _fused(
     logits: Tensor,
     ce: tuple[Tensor, Tensor] | None,
@@ -143,6 +86,11 @@ def _fused(
     reuse: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(CE, divergence) of logits [K, N, V]; ce = (target [N], counted [N]) or None."""
+    if name not in CLASSIFICATION_DIVERGENCES:
+        raise ValueError(
+            f"the fused loss computes one of {', '.join(CLASSIFICATION_DIVERGENCES)} "
+            f"(got {name!r}); mse: use reference.mse"
+        )
     k, n, _ = logits.shape
     counted = torch.zeros(n, dtype=torch.bool, device=logits.device)
     div_w = mask.reshape(-1) if mask is not None else torch.ones_like(counted)
@@ -316,36 +264,3 @@ def _kernel(which: str, compiled: bool, device_type: str):
             return eager(*args)
 
     return run
-
-
-def label_smoothed_nll_loss(
-    logits: Tensor, target: Tensor, epsilon: float, ignore_index: int | None
-) -> tuple[Tensor, Tensor]:
-    """fairseq's label-smoothed cross-entropy, summed: returns (loss_sum, nll_sum) in float32.
-
-    With eps_i = epsilon / (V - 1): loss = (1 - epsilon - eps_i) * nll + eps_i * sum_v -log p_v.
-    logits [..., V], target [...]; positions with target == ignore_index count 0.
-    """
-    vocab = logits.shape[-1]
-    if vocab < 2:
-        raise ValueError(f"label smoothing needs at least 2 classes (got V={vocab})")
-    if tuple(target.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(
-            f"target shape {tuple(target.shape)} must equal logits shape without the class "
-            f"dim {tuple(logits.shape[:-1])}"
-        )
-    lprobs = F.log_softmax(logits.float(), dim=-1)  # [..., V]
-    keep = (
-        torch.ones_like(target, dtype=torch.bool)
-        if ignore_index is None
-        else target != ignore_index
-    )
-    safe_target = target.masked_fill(~keep, 0)  # ignore_index may be negative: not gatherable
-    nll = -lprobs.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1)  # [...]
-    smooth = -lprobs.sum(-1)  # [...]
-    zero = lprobs.new_zeros(())
-    nll = torch.where(keep, nll, zero)
-    smooth = torch.where(keep, smooth, zero)
-    eps_i = epsilon / (vocab - 1)
-    loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
-    return loss.sum(), nll.sum()

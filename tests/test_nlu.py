@@ -1,10 +1,10 @@
-"""NLU fine-tuning (idistill/finetune.py): each head's loss and divergence mask, the encoder, the
-config refusals, and short real runs (MiniLM on real GLUE data) that log, export and resume."""
+"""NLU fine-tuning (idistill/recipes/nlu.py, heads.py): each head's loss and divergence mask, the
+encoder, the config refusals, and short real runs (MiniLM on real GLUE data) that log, export
+and resume through the engine."""
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import subprocess
 import sys
@@ -15,11 +15,15 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import idistill.finetune as ft
+import idistill.checkpoint as checkpoint_mod
+import idistill.recipes.nlu as nlu_mod
 from idistill.checkpoint import BEST, LAST, read_meta
 from idistill.cli.main import run
 from idistill.config import ConfigError, settings_from_dict
+from idistill.engine.step import NonFiniteLoss, step
 from idistill.losses import divergence
+from idistill.recipes import heads as ft
+from idistill.schedule import linear_lr
 from idistill.tracking import client
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
@@ -173,11 +177,10 @@ def _step(alpha, alpha_per_batch, batches, k=3, lr=0.1):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     method = MethodSettings(k=k, alpha=alpha, divergence="x")
     torch.manual_seed(1)
-    out = ft.finetune_step(
-        model, opt, batches, "classification", alpha, alpha_per_batch, method=method,
-        device=torch.device("cpu"),
-    )  # fmt: skip
-    return model, out
+    loss_fn = nlu_mod.nlu_loss("classification", method, alpha_per_batch, "labels")
+    units = lambda b: ft.count_units("classification", b)  # noqa: E731
+    stats = step(model, opt, batches, loss_fn, alpha=alpha, units=units, device=torch.device("cpu"))
+    return model, (stats.loss, stats.ce, stats.id_loss, stats.units)
 
 
 def _batch(n, seed):
@@ -211,29 +214,35 @@ def test_step_normalises_both_terms_per_unit_and_alpha_per_batch_scales_by_its_s
 
 
 def test_step_with_a_non_finite_loss_leaves_the_weights_alone(monkeypatch):
-    real = ft.intra_distill_loss
+    real = nlu_mod.intra_distill_loss
 
     def nan_loss(*args, **kwargs):
         res = real(*args, **kwargs)
         res.loss = res.loss * float("nan")
         return res
 
-    monkeypatch.setattr(ft, "intra_distill_loss", nan_loss)
+    monkeypatch.setattr(nlu_mod, "intra_distill_loss", nan_loss)
     torch.manual_seed(0)
     before = [p.clone() for p in _TinyClassifier().parameters()]
-    model, (loss, *_) = _step(0.5, False, [_batch(3, 0)])
-    assert math.isnan(loss)
+    torch.manual_seed(0)
+    model = _TinyClassifier()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    from idistill.config import MethodSettings
+
+    loss_fn = nlu_mod.nlu_loss("classification", MethodSettings(alpha=0.5), False, "labels")
+    with pytest.raises(NonFiniteLoss, match="nan"):
+        step(model, opt, [_batch(3, 0)], loss_fn, alpha=0.5, units=len, device=torch.device("cpu"))
     for p0, p in zip(before, model.parameters(), strict=True):
         torch.testing.assert_close(p, p0, rtol=0, atol=0)
 
 
 def test_linear_schedule_warms_up_and_decays_to_zero():
-    assert ft.linear_lr(0, 1.0, 10, 100) == 0.0
-    assert ft.linear_lr(5, 1.0, 10, 100) == 0.5
-    assert ft.linear_lr(10, 1.0, 10, 100) == 1.0
-    assert ft.linear_lr(55, 1.0, 10, 100) == pytest.approx(0.5)
-    assert ft.linear_lr(100, 1.0, 10, 100) == 0.0
-    assert ft.linear_lr(3, 1.0, 0, 4) == pytest.approx(0.25)
+    assert linear_lr(0, 1.0, 10, 100) == 0.0
+    assert linear_lr(5, 1.0, 10, 100) == 0.5
+    assert linear_lr(10, 1.0, 10, 100) == 1.0
+    assert linear_lr(55, 1.0, 10, 100) == pytest.approx(0.5)
+    assert linear_lr(100, 1.0, 10, 100) == 0.0
+    assert linear_lr(3, 1.0, 0, 4) == pytest.approx(0.25)
 
 
 # ---- the encoder
@@ -397,17 +406,17 @@ def test_baseline_runs_one_pass_without_divergence(make_cfg, tmp_path):
 def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch):
     overrides = [*SMALL_NLU, "trainer.validate_every=2"]  # a checkpoint at update 2
     straight = run(make_cfg(overrides), output_dir=tmp_path / "straight", progress=False)
-    real_write_meta = ft.write_meta
+    real_write_meta = checkpoint_mod.write_meta
 
     def killed_after_update_2(save_dir, meta):
         real_write_meta(save_dir, meta)
         if meta["update"] == 2:
             raise KeyboardInterrupt  # as if the process were killed right after the checkpoint
 
-    monkeypatch.setattr(ft, "write_meta", killed_after_update_2)
+    monkeypatch.setattr(checkpoint_mod, "write_meta", killed_after_update_2)
     with pytest.raises(KeyboardInterrupt):
         run(make_cfg(overrides), output_dir=tmp_path / "killed", progress=False)
-    monkeypatch.setattr(ft, "write_meta", real_write_meta)
+    monkeypatch.setattr(checkpoint_mod, "write_meta", real_write_meta)
     assert read_meta(tmp_path / "killed" / "checkpoints")["update"] == 2
     resumed = run(
         make_cfg([*overrides, f"trainer.resume={tmp_path / 'killed'}"]),
@@ -454,10 +463,3 @@ def test_each_method_of_each_glue_experiment_trains_two_updates(make_cfg, tmp_pa
     overrides += ["model=minilm_local", "trainer.max_updates=2", "trainer.max_epochs=1"]
     result = run(make_cfg(overrides), output_dir=tmp_path / "o", progress=False)
     assert result.updates == 2 and "dev/accuracy" in result.metrics
-
-
-def test_fine_tuning_refuses_torchrun(make_cfg, tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    s = _settings(make_cfg, ["experiment=glue_cpu"])
-    with pytest.raises(ConfigError, match="runs in one process"):
-        ft._start(s, tmp_path, None)

@@ -1,4 +1,5 @@
-"""The training run end to end on the synthetic task: metrics, checkpoints, resume, NaN stop."""
+"""The engine end to end with the translation recipe on the synthetic task: metrics,
+checkpoints, resume, NaN stop, fp16, early stopping."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import math
 import pytest
 import torch
 
-import idistill.train as train_mod
+import idistill.checkpoint as checkpoint_mod
+import idistill.recipes.translation as translation_mod
 from idistill.checkpoint import BEST, LAST, read_meta
 from idistill.cli.main import run
+from idistill.engine.device import loss_scaler
+from idistill.engine.step import NonFiniteLoss, step
+from idistill.losses import LabelSmoothedCE
+from idistill.recipes.translation import seq2seq_loss
 from idistill.tracking import client
 
 from conftest import SMALL_RUN
@@ -56,17 +62,17 @@ def _final_weights(save_dir):
 def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch):
     straight = run(make_cfg(SMALL_RUN), output_dir=tmp_path / "straight", progress=False)
 
-    real_write_meta = train_mod.write_meta
+    real_write_meta = checkpoint_mod.write_meta
 
     def killed_after_update_3(save_dir, meta):
         real_write_meta(save_dir, meta)
         if meta["update"] == 3:
             raise KeyboardInterrupt  # as if the process were killed right after the checkpoint
 
-    monkeypatch.setattr(train_mod, "write_meta", killed_after_update_3)
+    monkeypatch.setattr(checkpoint_mod, "write_meta", killed_after_update_3)
     with pytest.raises(KeyboardInterrupt):
         run(make_cfg(SMALL_RUN), output_dir=tmp_path / "killed", progress=False)
-    monkeypatch.setattr(train_mod, "write_meta", real_write_meta)
+    monkeypatch.setattr(checkpoint_mod, "write_meta", real_write_meta)
     assert read_meta(tmp_path / "killed" / "checkpoints")["update"] == 3
 
     resumed = run(
@@ -84,16 +90,16 @@ def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch)
 
 def test_resume_true_finds_the_unfinished_run_of_the_same_config(make_cfg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    real_write_meta = train_mod.write_meta
+    real_write_meta = checkpoint_mod.write_meta
 
     def killed(save_dir, meta):
         real_write_meta(save_dir, meta)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "write_meta", killed)
+    monkeypatch.setattr(checkpoint_mod, "write_meta", killed)
     with pytest.raises(KeyboardInterrupt):
         run(make_cfg(SMALL_RUN), output_dir=tmp_path / "outputs" / "a", progress=False)
-    monkeypatch.setattr(train_mod, "write_meta", real_write_meta)
+    monkeypatch.setattr(checkpoint_mod, "write_meta", real_write_meta)
     resumed = run(
         make_cfg([*SMALL_RUN, "trainer.resume=true"]),
         output_dir=tmp_path / "outputs" / "b",
@@ -105,7 +111,7 @@ def test_resume_true_finds_the_unfinished_run_of_the_same_config(make_cfg, tmp_p
 def test_non_finite_loss_stops_keeps_last_good_checkpoint_and_fails_the_run(
     make_cfg, tmp_path, monkeypatch
 ):
-    real = train_mod.intra_distill_loss
+    real = translation_mod.fused_intra_distill_loss
     calls = {"n": 0}
 
     def nan_from_update_5(*args, **kwargs):
@@ -115,8 +121,8 @@ def test_non_finite_loss_stops_keeps_last_good_checkpoint_and_fails_the_run(
             res.loss = res.loss * math.nan
         return res
 
-    monkeypatch.setattr(train_mod, "intra_distill_loss", nan_from_update_5)
-    with pytest.raises(train_mod.NonFiniteLoss, match="at update 5"):
+    monkeypatch.setattr(translation_mod, "fused_intra_distill_loss", nan_from_update_5)
+    with pytest.raises(NonFiniteLoss, match="at update 5"):
         run(make_cfg(SMALL_RUN, tracking=True), output_dir=tmp_path / "run", progress=False)
     meta = read_meta(tmp_path / "run" / "checkpoints")
     assert meta["update"] == 3 and not meta["finished"]
@@ -165,16 +171,17 @@ def _tiny_step_setup():
     return model, optimizer, [training_batch(200, 300)], MethodSettings(k=3, alpha=1.0)
 
 
-def _step(model, optimizer, batches, method, **kwargs):
-    return train_mod.train_step(
-        model, optimizer, batches, method=method, alpha=1.0, pad_id=0, label_smoothing=0.1,
+def _step(model, optimizer, batches, method, compile_loss=False, **kwargs):
+    loss_fn = seq2seq_loss(method, LabelSmoothedCE(0.1, 0), fused=True, compiled=compile_loss)
+    return step(
+        model, optimizer, batches, loss_fn, alpha=1.0, units=lambda b: int(b["ntokens"]),
         device=torch.device("cpu"), **kwargs,
     )  # fmt: skip
 
 
 def test_fp16_loss_scaler_skips_an_overflowing_update_and_lowers_the_scale():
     model, optimizer, batches, method = _tiny_step_setup()
-    scaler = train_mod.loss_scaler(torch.float16, torch.device("cpu"))
+    scaler = loss_scaler(torch.float16, torch.device("cpu"))
     scaler._init_scale = 2.0**120  # scaled gradients overflow fp32: the update must be skipped
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     stats = _step(model, optimizer, batches, method, amp=torch.float16, scaler=scaler)
@@ -205,7 +212,7 @@ def test_compiled_fused_loss_trains_like_the_eager_one(monkeypatch):
     the eager update's loss and gradients (small chunks here, so both kinds of chunk occur)."""
     from idistill import losses
 
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 3 * 300 * 64)  # 64 positions per chunk
+    monkeypatch.setattr(losses.fused, "CHUNK_ELEMENTS", 3 * 300 * 64)  # 64 positions per chunk
     results = []
     for compiled in (False, True):
         torch.manual_seed(0)
@@ -230,7 +237,7 @@ def test_compiled_fused_loss_compiles_once_for_batches_of_any_length(monkeypatch
     from idistill import losses
     from idistill.bench import training_batch
 
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 3 * 300 * 32)  # 32 positions per chunk
+    monkeypatch.setattr(losses.fused, "CHUNK_ELEMENTS", 3 * 300 * 32)  # 32 positions per chunk
     torch._dynamo.reset()
     counters.clear()
     model, optimizer, _, method = _tiny_step_setup()

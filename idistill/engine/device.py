@@ -1,0 +1,62 @@
+"""Where a run computes: the device, the autocast dtype, fp16's loss scaler, batch copies and
+the random state a checkpoint carries."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: CUDA when there is a GPU, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no GPU is visible; use trainer.device=auto")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; fp32 (no autocast) on CPU unless asked; fp16 on
+    request (the step then scales the loss: `loss_scaler`)."""
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def loss_scaler(amp: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16's dynamic loss scaler (steps whose gradients overflow are skipped); None otherwise."""
+    if amp != torch.float16:
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The tensors of `batch` to `device` (other values as they are); to a GPU through pinned
+    memory, so the copy does not block."""
+
+    def copy(v):
+        if not isinstance(v, torch.Tensor):
+            return v
+        return (v.pin_memory() if device.type == "cuda" else v).to(device, non_blocking=True)
+
+    return {k: copy(v) for k, v in batch.items()}
+
+
+def rng_state() -> dict:
+    """torch's, Python's and (where there is one) CUDA's random state."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,18 @@
+"""Task recipes: what each task family plugs into the engine (`idistill.engine.fit`)."""
+
+from __future__ import annotations
+
+from idistill.config import RunSettings
+from idistill.engine.recipe import Recipe
+
+
+def recipe_for(settings: RunSettings) -> Recipe:
+    """Translation (seq2seq transformer, beam search + sacreBLEU) or NLU fine-tuning (a
+    pretrained encoder and a head: GLUE, NER, TyDiQA), by task.type."""
+    if settings.task.get("type") == "nlu":
+        from idistill.recipes.nlu import NLURecipe
+
+        return NLURecipe(settings)
+    from idistill.recipes.translation import TranslationRecipe
+
+    return TranslationRecipe(settings)

@@ -1,0 +1,212 @@
+"""Translation: a seq2seq transformer trained with fairseq's label-smoothed cross-entropy,
+selected on validation loss, tested with beam search and sacreBLEU on the raw references."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from idistill.config import RunSettings
+from idistill.data.batching import collate, token_batches
+from idistill.data.tasks import load_task
+from idistill.distill import load_teacher, teacher_kl
+from idistill.engine.device import to_device
+from idistill.engine.recipe import Recipe, TestResult
+from idistill.engine.state import Selection
+from idistill.engine.step import LossFn
+from idistill.evaluate import corpus_bleu, translate
+from idistill.intra import IntraLoss, fused_intra_distill_loss, intra_distill_loss
+from idistill.losses import LabelSmoothedCE, label_smoothed_nll_loss
+from idistill.models.transformer import Seq2SeqTransformer, model_config
+from idistill.sage import make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+def build_model(model_cfg: dict, vocab_size: int, pad_id: int) -> Seq2SeqTransformer:
+    """The seq2seq transformer of `model=` (transformer_small, switch_small, ...)."""
+    return Seq2SeqTransformer(model_config(model_cfg, vocab_size, pad_id))
+
+
+@torch.no_grad()
+def validate(model, examples, tokenizer, max_tokens, device, amp, label_smoothing) -> dict:
+    """Label-smoothed loss and NLL per target token on `examples` (dropout off)."""
+    model.eval()
+    loss_sum = nll_sum = ntok = 0.0
+    src_lens, tgt_lens = examples.src_lens + 1, examples.tgt_lens + 1  # [N] + eos, + bos / eos
+    pad, bos, eos = tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
+    for idx in token_batches(src_lens, tgt_lens, max_tokens, shuffle=False):
+        b = to_device(collate([examples[i] for i in idx], pad, bos, eos), device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(b["src_tokens"], b["prev_output_tokens"])  # [B, T, V]
+        loss, nll = label_smoothed_nll_loss(logits, b["target"], label_smoothing, pad)
+        loss_sum, nll_sum = loss_sum + loss.item(), nll_sum + nll.item()
+        ntok += b["ntokens"].item()
+    model.train()
+    return {
+        "loss": loss_sum / ntok,
+        "nll_loss": nll_sum / ntok,
+        "ppl": math.exp(min(nll_sum / ntok, 50.0)),
+    }
+
+
+def seq2seq_loss(
+    method, ce: LabelSmoothedCE, *, fused: bool, compiled: bool = False, teacher=None
+) -> LossFn:
+    """loss(model, batch, alpha, units): the K-pass loss of `idistill.intra` with label-smoothed
+    CE, summed over the batch's target tokens, plus the switch models' routing loss and, with
+    a `teacher`, self-distillation's KL (eq. 3). fused: CE and divergence in one chunked pass
+    (`fused_intra_distill_loss`), else the plain formulas; the same loss and gradients."""
+
+    def distill(outputs: list[Tensor], b: dict) -> dict[str, Tensor]:
+        with torch.no_grad():
+            t_logits = teacher(b["src_tokens"], b["prev_output_tokens"])  # [B, T, V]
+        mask = b["target"] != ce.ignore_index
+        return {"kd_loss": sum(teacher_kl(o, t_logits, mask) for o in outputs) / len(outputs)}
+
+    def loss(model, batch: dict, alpha: float, units: int) -> IntraLoss:
+        def forward(b: dict) -> Tensor:
+            return model(b["src_tokens"], b["prev_output_tokens"])  # [B, T, V]
+
+        kwargs = dict(
+            k=method.effective_k,
+            alpha=alpha,
+            divergence=method.divergence,
+            passes=method.passes,
+            mask=batch["target"] != ce.ignore_index,  # [B, T] counted
+            extra=distill if teacher is not None else None,
+        )
+        if fused:
+            res = fused_intra_distill_loss(forward, batch, ce, compiled=compiled, **kwargs)
+        else:
+            res = intra_distill_loss(forward, batch, ce, **kwargs)
+        core = getattr(model, "module", model)  # the DDP-wrapped model
+        if core.cfg.experts:  # switch models' routing loss; the loss sums over tokens
+            balance = core.pop_balance_loss() * units
+            res.loss = res.loss + core.cfg.balance_coef * balance
+            res.extras["balance_loss"] = balance.detach()
+        return res
+
+    return loss
+
+
+class TranslationRecipe(Recipe):
+    """IWSLT'14, WMT'17, Multi30k, parallel text and the synthetic task."""
+
+    name, unit = "train", "tokens"
+    selection = Selection("valid/loss", higher_is_better=False)
+
+    def __init__(self, s: RunSettings):
+        super().__init__(s)
+        t = s.trainer
+        # trainer.fused_loss: CE and divergence in one chunked pass (idistill.losses.fused),
+        # else the plain reference formulas; the same loss and gradients
+        self.fused = t.fused_loss
+        self.compiled = t.compile != "none"
+
+    def setup(self, device, amp, tracker):
+        s, t, m = self.s, self.s.trainer, self.s.method
+        self.device, self.amp = device, amp
+        self.data = load_task(s.task, s.lang, s.data_dir)
+        self.tok, self.train_set = self.data.tokenizer, self.data.splits["train"]
+        log.info(
+            "data: %s train, %s valid, %s test pairs, vocabulary %d (%s)",
+            len(self.train_set),
+            len(self.data.splits["valid"]),
+            len(self.data.splits["test"]),
+            self.tok.vocab_size,
+            self.data.path,
+        )
+        self.model = build_model(s.model, self.tok.vocab_size, self.tok.pad_id).to(device)
+        log.info("model: %.2fM parameters", self.model.num_parameters() / 1e6)
+        teacher = load_teacher(self.model, Path(m.teacher), device) if m.teacher else None
+        ce = LabelSmoothedCE(t.label_smoothing, self.tok.pad_id)  # summed over target tokens
+        self._loss = seq2seq_loss(m, ce, fused=self.fused, compiled=self.compiled, teacher=teacher)
+        optimizer = make_optimizer(  # adamw, or SAGE's sensitivity-scaled variants (method=sage)
+            self.model, m.optimizer, t.lr, t.betas, 1e-8, t.weight_decay, beta3=m.beta3
+        )
+        return self.model, optimizer
+
+    def epoch_batches(self, epoch: int):
+        lens = self.train_set.src_lens + 1, self.train_set.tgt_lens + 1  # [N] + eos, bos / eos
+        t = self.s.trainer
+        return token_batches(*lens, t.max_tokens, shuffle=True, seed=self.s.seed, epoch=epoch)
+
+    def collate(self, indices) -> dict:
+        tok = self.tok
+        return collate([self.train_set[i] for i in indices], tok.pad_id, tok.bos_id, tok.eos_id)
+
+    def units(self, batch: dict) -> int:
+        return int(batch["ntokens"])  # target tokens
+
+    def loss(self, model, batch: dict, alpha: float, units: int) -> IntraLoss:
+        return self._loss(model, batch, alpha, units)
+
+    def task_loss(self, model, batch: dict) -> Tensor:
+        logits = model(batch["src_tokens"], batch["prev_output_tokens"])  # [B, T, V]
+        t = self.s.trainer
+        return label_smoothed_nll_loss(logits, batch["target"], t.label_smoothing, self.tok.pad_id)[
+            0
+        ]
+
+    def validate(self, model) -> dict[str, float]:
+        t = self.s.trainer
+        v = validate(
+            model,
+            self.data.splits["valid"],
+            self.tok,
+            t.max_tokens,
+            self.device,
+            self.amp,
+            t.label_smoothing,
+        )
+        return {f"valid/{k}": value for k, value in v.items()}
+
+    def analysis_batches(self, n: int) -> list[dict]:
+        """A fixed random sample: epoch 0's order, which training never uses."""
+        lens = self.train_set.src_lens + 1, self.train_set.tgt_lens + 1
+        t = self.s.trainer
+        order = token_batches(*lens, t.max_tokens, shuffle=True, seed=self.s.seed, epoch=0)
+        return [self.collate(idx) for idx in order[:n]]
+
+    def _test_set(self):
+        test, refs = self.data.splits["test"], self.data.references["test"]
+        n = self.s.trainer.test_max_sentences
+        return (test[:n], refs[:n]) if n else (test, refs)
+
+    def _translate(self, model, progress: bool) -> list[str]:
+        t = self.s.trainer
+        return translate(
+            model,
+            self._test_set()[0],
+            self.tok,
+            device=self.device,
+            max_tokens=t.max_tokens,
+            beam=t.beam,
+            len_penalty=t.len_penalty,
+            max_len_a=t.max_len_a,
+            max_len_b=t.max_len_b,
+            autocast_dtype=self.amp,
+            progress=progress,
+        )
+
+    def test(self, model, out_dir: Path, tracker, progress: bool) -> TestResult:
+        """Beam search on the test set, sacreBLEU against the raw references; test.hyp and
+        test.ref as artifacts (idistill-report's paired bootstrap needs both sides)."""
+        hyps, refs = self._translate(model, progress), self._test_set()[1]
+        bleu = corpus_bleu(hyps, refs)
+        for name, lines in (("test.hyp", hyps), ("test.ref", refs)):
+            path = out_dir / name
+            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            tracker.log_artifact(path)
+        tracker.set_tags({"sacrebleu.signature": bleu.signature})
+        log.info("test BLEU %.2f (%s)", bleu.score, bleu.signature)
+        return TestResult({"test/bleu": bleu.score}, bleu.score, {"bleu_signature": bleu.signature})
+
+    def pruning_metric(self, model):
+        refs = self._test_set()[1]
+        return "bleu", lambda: corpus_bleu(self._translate(model, progress=False), refs).score

@@ -1,0 +1,182 @@
+"""A run as a user starts one, without Hydra: check the data, find the run to resume, open the
+MLflow run, train through the engine, close the run with its status; and the
+self-distillation chain (Table 1), whose rounds are such runs.
+
+    from idistill.config import settings_from_dict
+    from idistill.runs import launch
+    launch(settings_from_dict(cfg), Path("outputs/my-run"))
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from idistill.checkpoint import BEST, LAST, find_resumable, read_meta
+from idistill.config import ConfigError, RunSettings
+from idistill.engine.loop import FitResult
+
+log = logging.getLogger(__name__)
+
+
+def check_data(settings: RunSettings) -> None:
+    """The task's data can be had (a local source, a download, the cache), before any work."""
+    if settings.task.get("type") == "nlu":
+        from idistill.data.nlu import nlu_module
+
+        nlu_module(settings.task).check(settings.task)
+    else:
+        from idistill.data.tasks import check_task
+
+        check_task(settings.task, settings.lang)
+
+
+def resume_dir(resume: Any, config_hash: str, roots: list[Path]) -> Path | None:
+    """The checkpoint directory to continue from: trainer.resume=true finds the newest unfinished
+    run of the same config under `roots`; a path names a run, checkpoint dir or checkpoint."""
+    if resume in (False, None, "false"):
+        return None
+    if resume in (True, "true"):
+        found = find_resumable(roots, config_hash)
+        if found is None:
+            log.info("trainer.resume=true: no unfinished run of this config; starting afresh")
+        return found
+    path = Path(str(resume)).expanduser()
+    for candidate in (path, path / "checkpoints", path.parent):
+        if (candidate / LAST).is_file():
+            return candidate
+    raise FileNotFoundError(f"trainer.resume={resume}: no {LAST} there")
+
+
+def launch(
+    settings: RunSettings,
+    out_dir: Path,
+    *,
+    run_name: str | None = None,
+    sweep_dir: Path | None = None,
+    progress: bool = True,
+) -> FitResult | None:
+    """Check the data, then train, test and track one configuration (a chain of runs for
+    method=self_distill). out_dir: the run's folder; sweep_dir: the folder of the sweep it
+    belongs to (its MLflow parent run). None when a resumed chain had nothing left to train."""
+    check_data(settings)
+    run_name = run_name or out_dir.name
+    if settings.method.name == "self_distill":
+        return run_chain(settings, out_dir, run_name, sweep_dir, progress)
+    cell = {"cell": settings.cell_hash()}  # idistill-report finds a table cell's runs by it
+    return run_one(settings, out_dir, run_name, sweep_dir, progress, cell)[0]
+
+
+def run_chain(
+    settings: RunSettings, out_dir: Path, run_name: str, sweep_dir: Path | None, progress: bool
+) -> FitResult | None:
+    """Self-distillation (Table 1): a baseline teacher unless method.teacher names one, then
+    method.rounds students, each taught by the previous run's best checkpoint; one MLflow run
+    each, linked by the tags round, teacher and chain (the first run's id).
+
+    trainer.resume=<the chain's run directory> continues a killed chain: finished rounds are
+    kept and the unfinished one continues from its last checkpoint.
+    """
+    from idistill.distill import teacher_checkpoint
+
+    m, t = settings.method, settings.trainer
+    cell = settings.cell_hash()  # the chain's rounds share the cell of the composed config
+    teacher = teacher_checkpoint(m.teacher, settings.tracking.uri) if m.teacher else None
+    if teacher is not None and m.rounds == 1:  # one student: an ordinary run
+        with_teacher = replace(settings, method=replace(m, teacher=str(teacher)))
+        return run_one(with_teacher, out_dir, run_name, sweep_dir, progress, {"cell": cell})[0]
+    resuming = t.resume not in (False, None, "false")
+    if resuming:
+        if not Path(str(t.resume)).expanduser().is_dir():
+            raise ConfigError(
+                f"trainer.resume={t.resume}: a self-distillation chain continues from its run "
+                f"directory (the one holding round0/, round1/, ...): trainer.resume=<that dir>"
+            )
+        out_dir = Path(str(t.resume)).expanduser()
+    chain: dict[str, str] = {}
+    result = None
+    for r in range(0 if teacher is None else 1, m.rounds + 1):
+        ckpts = (
+            Path(t.save_dir) / f"round{r}" if t.save_dir else out_dir / f"round{r}" / "checkpoints"
+        )
+        if r == 0:  # the teacher: plain training
+            method = replace(m, name="baseline", k=1, alpha=0.0, schedule="constant", teacher=None)
+        else:
+            method = replace(m, teacher=str(teacher))
+        meta = read_meta(ckpts) if resuming else None
+        if meta and meta.get("finished"):  # finished before the chain was stopped
+            log.info("round %d already finished in %s", r, ckpts)
+            run_id = meta.get("run_id")
+        else:
+            resume = str(ckpts) if resuming and (ckpts / LAST).is_file() else False
+            trainer = replace(t, save_dir=str(ckpts), resume=resume)
+            result, run_id = run_one(
+                replace(settings, method=method, trainer=trainer),
+                out_dir / f"round{r}",
+                f"{run_name}/round{r}",
+                sweep_dir,
+                progress,
+                {"round": str(r), "teacher": str(teacher or ""), "cell": cell, **chain},
+            )
+        chain.setdefault("chain", run_id or "")
+        teacher = ckpts / BEST
+    return result
+
+
+def run_one(
+    settings: RunSettings,
+    out_dir: Path,
+    run_name: str,
+    sweep_dir: Path | None,
+    progress: bool,
+    tags: dict[str, str] | None = None,
+) -> tuple[FitResult, str | None]:
+    """Train, evaluate and track one run; returns (its result, its MLflow run id or None)."""
+    from idistill import distributed
+    from idistill.engine.loop import fit
+    from idistill.recipes import recipe_for
+    from idistill.tracking import PARENT_RUN_FILE, make_tracker
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    roots = [Path.cwd() / "outputs", Path.cwd() / "multirun", out_dir.parent]
+    resume = resume_dir(settings.trainer.resume, settings.config_hash(), roots)
+    parent = None
+    if sweep_dir is not None and (sweep_dir / PARENT_RUN_FILE).is_file():
+        parent = (sweep_dir / PARENT_RUN_FILE).read_text().strip()
+    meta = read_meta(resume) if resume else None
+    tracker = make_tracker(  # under torchrun only rank 0 logs
+        settings.tracking.backend if distributed.from_env().main else "none",
+        settings.tracking.uri,
+        settings.experiment_name,
+        run_name=run_name,
+        parent_run_id=parent,
+        run_id=meta.get("run_id") if meta else None,
+        tags={
+            "task": settings.task["name"],
+            "lang": str(settings.lang),
+            "method": settings.method.name,
+            "config_hash": settings.config_hash(),
+            **(tags or {}),
+        },
+    )
+    if resume is None:
+        tracker.log_params(settings.to_dict())
+    config_files = next(  # the config a Hydra job saved beside its run folder
+        (d / ".hydra" for d in (out_dir, out_dir.parent) if (d / ".hydra").is_dir()), None
+    )
+    if config_files is not None:
+        tracker.log_artifacts(config_files, "hydra")
+    try:
+        result = fit(
+            recipe_for(settings), settings, out_dir, tracker, resume_dir=resume, progress=progress
+        )
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    return result, tracker.run_id
