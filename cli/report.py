@@ -22,12 +22,26 @@ from pathlib import Path
 REPORT_KEYS = ("experiment", "plot", "runs", "out", "bootstrap", "track")
 
 
-def _compose(overrides: list[str], hydra: bool):
-    """The config `idistill` composes from these overrides (with the hydra node: for sweeps)."""
-    from hydra import compose, initialize_config_module
+def compose_report(
+    name: str, overrides: list[str], out_dir: Path, *, bootstrap: int = 1000, track: bool = True
+):
+    """Report `name` (idistill.report.make_report) on its config and the cells of its grid,
+    composed from `overrides` as `idistill -m` composes them."""
+    from idistill import report
+    from idistill.cli.compose import grid_cells, parse_sweeps, resolved
+    from idistill.targets import find_target
 
-    with initialize_config_module("idistill.conf", version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=hydra)
+    target = find_target(name)
+    plain, _ = parse_sweeps(overrides)
+    cfg = resolved([f"experiment={target.experiment}", *plain])
+    cells = []
+    if target.reads_runs:
+        report.store_uri(cfg["tracking"])  # refuse a missing store before composing every cell
+        cells = grid_cells(target.experiment, overrides)
+    params = {"overrides": " ".join(overrides)}
+    return report.make_report(
+        name, cfg, cells, out_dir, params=params, bootstrap=bootstrap, track=track
+    )
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -65,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from idistill import report
+    from idistill.cli.compose import compose
     from idistill.config import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -78,14 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(keys.get("out") or Path("reports") / name)
         track = keys.get("track", "true").lower() not in ("false", "0", "no")
         if "plot" in keys:
-            cfg = _compose(overrides, hydra=False)
-            tracking = OmegaConf.to_container(cfg.tracking, resolve=True)
+            tracking = OmegaConf.to_container(compose(overrides).tracking, resolve=True)
             uri = report.store_uri(tracking)
             result = report.plot_runs(keys["plot"], keys["runs"].split(","), uri, out, track=track)
         else:
             bootstrap = int(keys.get("bootstrap", 1000))
-            result = report.make_report(
-                keys["experiment"], overrides, _compose, out, bootstrap=bootstrap, track=track
+            result = compose_report(
+                keys["experiment"], overrides, out, bootstrap=bootstrap, track=track
             )
     except (ValueError, ConfigError, HydraException, OmegaConfBaseException) as e:
         print(f"idistill-report: {e}", file=sys.stderr)

@@ -1,286 +1,28 @@
 """Tables and figures of the paper from the MLflow runs (`idistill-report`).
 
-A target (table1 ... table5, fig4 ... fig8) names the experiment config whose sweep makes its
-runs. Each cell of the sweep's grid is composed as `idistill -m` composes it; its runs are the
-FINISHED runs tagged with the cell's hash (the config hash without the seed), so several seeds
-give mean +- std. Missing cells are shown as missing, with the command that makes them.
+A target (idistill/targets.py) names the experiment config whose sweep makes its runs. The
+caller hands in the target's composed config and the cells of the sweep's grid, each composed as
+`idistill -m` composes it (cli/compose.py); a cell's runs are the FINISHED runs tagged with its
+hash (the config hash without the seed), so several seeds give mean +- std. Missing cells are
+shown as missing, with the command that makes them.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import itertools
-import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from idistill.analysis import plots
-from idistill.figures import DRAW, DRAWN_BY, SENSITIVITY_COLUMNS, artifact_lines
-from idistill.tables import Table, Value, add_significance, paper_table, value_of
+from idistill.cells import Cell, attach_runs
+from idistill.figures import DRAW, DRAWN_BY, artifact_lines
+from idistill.tables import Table, add_significance, paper_table
+from idistill.targets import build_table, find_target, logs_what, per_language_table
 
 REPORT_EXPERIMENT = "idistill-report"  # the MLflow experiment that holds the report runs
-GLUE_COLUMNS = {  # GLUE task -> Table 4's (header, metric); the first enters the average
-    "cola": [("CoLA mcc", "dev/matthews")],
-    "sst2": [("SST-2 acc", "dev/accuracy")],
-    "mrpc": [("MRPC F1", "dev/f1"), ("MRPC acc", "dev/accuracy")],
-    "stsb": [("STS-B corr", "dev/corr"), ("STS-B pearson", "dev/pearson")],
-    "qqp": [("QQP F1", "dev/f1"), ("QQP acc", "dev/accuracy")],
-    "mnli": [("MNLI-m", "dev/matched/accuracy"), ("MNLI-mm", "dev/mismatched/accuracy")],
-    "qnli": [("QNLI acc", "dev/accuracy")],
-    "rte": [("RTE acc", "dev/accuracy")],
-}
-BLEU_COLUMN = [("BLEU", "test/bleu")]
-
-
-@dataclass(frozen=True)
-class Target:
-    """One table or figure of the paper and where its numbers come from."""
-
-    title: str
-    experiment: str  # the experiment config that makes its runs: idistill -m experiment=...
-    figure: str | None = None  # violins | pruning | curves | k_sweep | alpha; None: a table
-    rows: str = "method"  # grid key of the rows, or "tag:<name>" (table1: the round)
-    cols: str | None = None  # grid key of the columns (lang, glue_task)
-    columns: Callable[[str | None], list[tuple[str, str]]] = lambda col: BLEU_COLUMN
-    scale: float = 1.0  # GLUE's metrics are fractions: x100
-    fmt: str = ".2f"
-    average: bool = False  # an "avg" column: the mean of every column's first metric
-    bleu: bool = False  # paired bootstrap of each row against the baseline row
-    per_language: str | None = None  # Appendix D: "{split}/{lang}/f1" for every language
-
-
-TARGETS = {
-    "table1": Target("Table 1: self-distillation, IWSLT'14 De->En, BLEU", "table1",
-                     rows="tag:round", bleu=True),
-    "table2": Target("Table 2: IWSLT'14 Xx->En, BLEU", "table2", cols="lang", average=True,
-                     columns=lambda col: [("{col}", "test/bleu")], bleu=True),
-    "table3": Target("Table 3: WMT'17 En->De (newstest2014), BLEU", "table3", bleu=True),
-    "table4": Target("Table 4: GLUE dev, BERT-base", "table4", cols="glue_task",
-                     columns=GLUE_COLUMNS.__getitem__, scale=100.0, average=True),
-    "table5": Target("Table 5: WikiANN NER, zero-shot from English (XLM-R large)", "table5",
-                     columns=lambda col: [("test avg F1", "test/avg/f1"),
-                                          ("dev avg F1", "dev/avg/f1")],
-                     per_language="{split}/{lang}/f1"),
-    "table5_tydiqa": Target(
-        "Table 5: TyDiQA-GoldP, zero-shot from English (XLM-R base)", "table5_tydiqa",
-        columns=lambda col: [(f"{split} avg {name}", f"{split}/avg/{metric}")
-                             for split in ("test", "dev")
-                             for name, metric in (("F1", "f1"), ("EM", "exact_match"))],
-        per_language="{split}/{lang}/f1"),
-    "fig4": Target("Figure 4: the adaptive alpha schedule", "iwslt14", figure="alpha"),
-    "fig5": Target("Figure 5: parameter sensitivity, IWSLT'14 De->En", "fig5", figure="violins",
-                   columns=lambda col: SENSITIVITY_COLUMNS, fmt=".3e"),
-    "fig6": Target("Figure 6: pruning the least sensitive parameters, IWSLT'14 De->En", "fig6",
-                   figure="pruning"),
-    "fig7": Target("Figure 7: validation loss, IWSLT'14 De->En", "fig7", figure="curves"),
-    "fig8": Target("Figure 8: BLEU against K, IWSLT'14 De->En", "fig8", figure="k_sweep",
-                   rows="method.k"),
-}  # fmt: skip
-
-
-# ---- the grid of an experiment and its runs
-
-
-@dataclass
-class Cell:
-    """One point of an experiment's grid (seeds pooled) and its runs."""
-
-    values: dict[str, str]  # grid key -> value, e.g. {"lang": "de", "method": "sage"}
-    overrides: list[str]  # what `idistill` is given to make this cell's runs
-    settings: Any  # the composed RunSettings
-    seeds: list[str]  # the sweep's seeds, or [] (the config's seed)
-    runs: list[Any] = field(default_factory=list)  # FINISHED runs: the newest per seed (round)
-    unfinished: list[Any] = field(default_factory=list)  # RUNNING / FAILED / KILLED ones
-
-    def command(self, seed: str | None = None) -> str:
-        """The `idistill` command that makes this cell's run (of `seed`)."""
-        return " ".join(["idistill", *self.overrides, *([f"seed={seed}"] if seed else [])])
-
-
-def parse_sweeps(overrides: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """(plain overrides, sweeps {key: values}), read with Hydra's override grammar, so
-    `seed=range(1,4)` or `method=baseline, sage` are the sweeps `idistill -m` runs."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    plain, sweeps = [], {}
-    for o in OverridesParser.create().parse_overrides(list(overrides)):
-        if o.is_sweep_override():
-            sweeps[o.key_or_group] = [str(v) for v in o.sweep_string_iterator()]
-        else:
-            plain.append(o.input_line)
-    return plain, sweeps
-
-
-def sweep_grid(
-    params: dict[str, list[str]], given: dict[str, list[str]]
-) -> tuple[list[dict], list[str]]:
-    """The cells of a sweep without the seed, and its seeds. `params`: the experiment's
-    hydra.sweeper.params; `given`: the command line's keys, which replace or add sweeps as they
-    do for `idistill -m`."""
-    values = {**params, **given}
-    seeds = values.pop("seed", [])
-    keys = sorted(values)
-    combos = itertools.product(*(values[k] for k in keys))
-    return [dict(zip(keys, c, strict=True)) for c in combos], seeds
-
-
-def compose_cells(target: Target, overrides: list[str], compose) -> list[Cell]:
-    """The target's cells. compose(overrides, hydra) -> DictConfig composes as `idistill`
-    does (cli/report.py hands in Hydra's compose); each cell's settings give its hash."""
-    from omegaconf import OmegaConf
-
-    from idistill.config import settings_from_dict
-
-    plain, sweeps = parse_sweeps(overrides)
-    base = [f"experiment={target.experiment}", *plain]
-    params = OmegaConf.to_container(compose(base, hydra=True).hydra.sweeper.params or {})
-    _, params = parse_sweeps([f"{k}={v}" for k, v in params.items()])
-    grid_keys = set(params) | set(sweeps) | {"seed"}  # a plain override narrows a sweep
-    given = dict(sweeps)
-    for key, value in _plain_values(plain):
-        if key in grid_keys:
-            given[key] = [value]
-    base = [o for o in base if o.partition("=")[0].lstrip("+~") not in given]
-    grid, seeds = sweep_grid(params, given)
-    cells = []
-    for values in grid:
-        cell = base + [f"{k}={v}" for k, v in values.items()]
-        cfg = OmegaConf.to_container(compose(cell, hydra=False), resolve=True)
-        cells.append(Cell(values, cell, settings_from_dict(cfg), seeds))
-    return cells
-
-
-def _plain_values(plain: Sequence[str]) -> list[tuple[str, str]]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(list(plain))
-    return [(o.key_or_group, o.get_value_element_as_str()) for o in parsed]
-
-
-def attach_runs(cells: Sequence[Cell], client, logged: Callable[[Cell, Any], bool]) -> None:
-    """Each cell's runs, found by the tag `cell`: the newest FINISHED run per seed (and
-    self-distillation round) that `logged` what the target needs, and the unfinished ones."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    for cell in cells:
-        found = client.search_runs(
-            experiments,
-            filter_string=f"tags.cell = '{cell.settings.cell_hash()}'",
-            order_by=["attributes.start_time DESC"],
-        )
-        newest: dict[tuple, Any] = {}
-        for run in found:  # newest first
-            if cell.seeds and run.data.params.get("seed") not in cell.seeds:
-                continue
-            if run.info.status != "FINISHED":
-                cell.unfinished.append(run)
-            elif logged(cell, run):
-                newest.setdefault((run.data.params.get("seed"), run.data.tags.get("round")), run)
-        cell.runs = list(newest.values())
-
-
-def missing_notes(cells: Sequence[Cell]) -> list[str]:
-    """'missing: idistill ...' for every cell (and seed of the sweep) without a finished run;
-    'unfinished: ...' for runs that a resume would continue."""
-    out = []
-    for cell in cells:
-        have = {r.data.params.get("seed") for r in cell.runs}
-        for seed in cell.seeds or [None]:
-            if (seed is None and not cell.runs) or (seed is not None and seed not in have):
-                out.append(f"missing: {cell.command(seed)}")
-        for run in cell.unfinished:  # the ones no finished run of the same seed replaces
-            seed = run.data.params.get("seed") if cell.seeds else None
-            if (seed in have) if cell.seeds else bool(cell.runs):
-                continue
-            out.append(
-                f"unfinished: run {run.info.run_id} is {run.info.status}; "
-                f"continue it: {cell.command(seed)} trainer.resume=true"
-            )
-    return out
-
-
-# ---- tables in the paper's layout
-
-
-def group_rows(target: Target, cells: Sequence[Cell]) -> dict[str, dict[str | None, Cell]]:
-    """row name -> column value -> cell. A grid key that varies but is neither the rows' nor
-    the columns' is added to the row name (`intra_distill method.alpha=1`); table1's rows are
-    the self-distillation rounds, each pooling its seeds."""
-    varying = [
-        k
-        for k in cells[0].values
-        if k not in (target.rows, target.cols) and len({c.values[k] for c in cells}) > 1
-    ] if cells else []  # fmt: skip
-    rows: dict[str, dict[str | None, Cell]] = {}
-    for cell in cells:
-        extra = "".join(f" {k}={cell.values[k]}" for k in varying)
-        if target.rows.startswith("tag:"):  # table1: round 0 (the teacher) .. method.rounds
-            tag = target.rows[4:]
-            for r in range(cell.settings.method.rounds + 1):
-                runs = [run for run in cell.runs if run.data.tags.get(tag) == str(r)]
-                one = dataclasses.replace(cell, runs=runs, unfinished=[])
-                rows.setdefault(f"{tag} {r}{extra}", {})[None] = one
-        else:
-            name = cell.values.get(target.rows, "") + extra
-            rows.setdefault(name, {})[cell.values.get(target.cols)] = cell
-    return rows
-
-
-def build_table(target: Target, cells: Sequence[Cell]) -> tuple[Table, dict, list]:
-    """The target's table in the paper's layout; also its rows and (column, metric) pairs."""
-    rows = group_rows(target, cells)
-    headers, metrics = [], []  # one (column value, metric) per header
-    for col in dict.fromkeys(c.values.get(target.cols) for c in cells):
-        for header, metric in target.columns(col):
-            headers.append(header.format(col=col))  # table2: the pair's name
-            metrics.append((col, metric))
-    table_rows = [
-        (
-            name,
-            [
-                value_of(by_col[col].runs, metric, target.scale) if col in by_col else Value([])
-                for col, metric in metrics
-            ],
-        )
-        for name, by_col in rows.items()
-    ]
-    if target.average:  # the mean over columns of each column's first metric
-        headers.append("avg")
-        firsts = [i for i, (col, _) in enumerate(metrics) if i == 0 or metrics[i - 1][0] != col]
-        for _, values in table_rows:
-            means = [values[i].mean for i in firsts]
-            values.append(Value([statistics.fmean(means)] if None not in means else []))
-    table = Table(target.title, headers, table_rows, missing_notes(cells), target.fmt)
-    return table, rows, metrics
-
-
-def per_language_table(target: Target, rows: dict[str, dict[str | None, Cell]]) -> Table:
-    """Appendix D: the metric on every language evaluated, mean over seeds; the test sets, or
-    the dev sets where no run has test scores (XTREME's PAN-X test tags are not public)."""
-    runs = {n: [r for cell in by_col.values() for r in cell.runs] for n, by_col in rows.items()}
-    found = {k for rs in runs.values() for r in rs for k in r.data.metrics}
-    for split in ("test", "dev"):
-        pattern = target.per_language.format(split=split, lang="{lang}")
-        prefix, suffix = pattern.split("{lang}")
-        langs = sorted(
-            k[len(prefix) : len(k) - len(suffix)]
-            for k in found
-            if k.startswith(prefix) and k.endswith(suffix) and k.count("/") == pattern.count("/")
-        )
-        langs = [lang for lang in langs if lang != "avg"]
-        if langs:
-            break
-    table_rows = [
-        (name, [value_of(rs, pattern.format(lang=lang), target.scale) for lang in langs])
-        for name, rs in runs.items()
-    ]
-    title = f"{target.title}, {split} {suffix.strip('/')} per language (Appendix D)"
-    return Table(title, langs, table_rows, fmt=target.fmt)
-
-
-# ---- output
 
 
 def write_outputs(
@@ -328,18 +70,6 @@ def store_uri(tracking: dict[str, Any]) -> str:
     return uri
 
 
-def logs_what(target: Target, cell: Cell, run) -> bool:
-    """Whether `run` logged what `target` shows (runs of one cell may differ in analyses)."""
-    metrics = run.data.metrics
-    if target.figure == "violins":
-        return "sensitivity/std" in metrics
-    if target.figure == "pruning":
-        return any(k.startswith("prune/") for k in metrics)
-    if target.figure == "curves":
-        return "valid/loss" in metrics
-    return any(m in metrics for _, m in target.columns(cell.values.get(target.cols)))
-
-
 def alpha_figure(name: str, cfg: dict[str, Any], out_dir: Path) -> Path:
     """fig4: the adaptive alpha schedule of the composed config (eq. 11-12)."""
     m, sched = cfg["method"], cfg["schedule"]
@@ -364,33 +94,26 @@ class Report:
 
 def make_report(
     name: str,
-    overrides: list[str],
-    compose,
+    cfg: dict[str, Any],
+    cells: Sequence[Cell],
     out_dir: Path,
     *,
+    params: dict[str, str] | None = None,
     bootstrap: int = 1000,
     track: bool = True,
 ) -> Report:
-    """Table or figure `name` from the runs in the config's tracking store; files in out_dir,
-    and (track) a run in the MLflow experiment `idistill-report` holding them."""
-    from omegaconf import OmegaConf
-
+    """Table or figure `name` from the runs of `cells` in the tracking store of `cfg` (the
+    target's config, composed and resolved); files in out_dir, and (track) a run in the MLflow
+    experiment `idistill-report` holding them, with `params`."""
     from idistill.tracking import client as mlflow_client
 
-    if name not in TARGETS:
-        raise ValueError(f"unknown report {name!r} (valid: {', '.join(TARGETS)})")
-    target = TARGETS[name]
-    plain, _ = parse_sweeps(overrides)
-    cfg = OmegaConf.to_container(
-        compose([f"experiment={target.experiment}", *plain], hydra=False), resolve=True
-    )
-    if target.figure == "alpha":  # no runs: the schedule of the composed config
+    target = find_target(name)
+    if not target.reads_runs:  # fig4: the schedule of the composed config
         tables, figures = [], [alpha_figure(name, cfg, out_dir)]
         uri = cfg["tracking"]["uri"] if cfg["tracking"]["backend"] == "mlflow" else None
     else:
         uri = store_uri(cfg["tracking"])
         client = mlflow_client(uri)
-        cells = compose_cells(target, overrides, compose)
         attach_runs(cells, client, lambda cell, run: logs_what(target, cell, run))
         table, rows, metrics = build_table(target, cells)
         tables, figures = [table], []
@@ -412,8 +135,7 @@ def make_report(
         if (vs_paper := paper_table(name, table)) is not None:
             tables.append(vs_paper)
     files = write_outputs(name, tables, figures, out_dir)
-    params = {"overrides": " ".join(overrides)}
-    run_id = log_report(uri, name, params, files) if track and uri else None
+    run_id = log_report(uri, name, params or {}, files) if track and uri else None
     return Report(tables, files, run_id)
 
 

@@ -3,6 +3,7 @@ MiniLM tokenizer and a sentencepiece-style tokenizer laid out as XLM-R's."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -23,6 +24,38 @@ SMALL_RUN = [
     "trainer.beam=2",
     "trainer.max_len_b=5",
 ]
+
+
+@contextlib.contextmanager
+def killed_after_checkpoint(monkeypatch, update: int | None = None):
+    """The run inside stops with KeyboardInterrupt right after the checkpoint of `update` (None:
+    the first one) is written, as if the process were killed there."""
+    from idistill import checkpoint
+
+    real = checkpoint.write_meta
+
+    def write_meta(save_dir, meta):
+        real(save_dir, meta)
+        if update is None or meta["update"] == update:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "write_meta", write_meta)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(checkpoint, "write_meta", real)
+
+
+def script_validation(monkeypatch, recipe_cls, metric: str, scores: list[float]) -> None:
+    """recipe_cls.validate returns the real metrics with `metric` replaced by the next score."""
+    real = getattr(recipe_cls.validate, "real", recipe_cls.validate)  # not an earlier script
+
+    def validate(self, model):
+        return {**real(self, model), metric: scores.pop(0)}
+
+    validate.real = real
+    monkeypatch.setattr(recipe_cls, "validate", validate)
 
 
 @pytest.fixture

@@ -89,6 +89,9 @@ def test_wrong_type_for_seed_is_refused(make_cfg):
         (["method.passes=twice"], r"method.passes must be one of"),
         (["task=iwslt14"], r"task=iwslt14 needs lang="),
         (["task=iwslt14", "lang=xx"], r"needs lang=.*got xx"),
+        (["trainer.patience=-1"], r"trainer.patience must be a whole number >= 0 .*got -1"),
+        (["trainer.patience=abc"], r"trainer.patience must be a whole number >= 0 .*got 'abc'"),
+        (["trainer.patience=1.5"], r"trainer.patience must be a whole number"),
     ],
 )
 def test_bad_values_are_refused_with_key_and_fix(make_cfg, overrides, message):
@@ -148,3 +151,17 @@ def test_pruning_ratios_that_are_no_list_of_whole_percents_are_refused(make_cfg,
 def test_whole_percent_ratios_pass_despite_float_rounding(make_cfg):
     ratios = [0, 0.01, 0.29, 0.57, 0.99]  # 0.57 * 100 = 56.99999999999999
     assert _settings(make_cfg, [f"analysis.ratios=[{','.join(map(str, ratios))}]"]).analysis.ratios
+
+
+def test_a_patience_the_cap_cannot_reach_is_warned_about(make_cfg, caplog):
+    overrides = ["trainer.max_updates=100", "trainer.validate_every=25"]  # 4 validations
+    _settings(make_cfg, [*overrides, "trainer.patience=3"])
+    assert "can never stop" not in caplog.text
+    _settings(make_cfg, [*overrides, "trainer.patience=4"])
+    assert "trainer.patience=4 can never stop the run" in caplog.text
+
+
+def test_early_stopping_leaves_the_hash_of_runs_without_it_unchanged(make_cfg):
+    plain, off = _settings(make_cfg, []), _settings(make_cfg, ["trainer.patience=0"])
+    assert plain.config_hash() == off.config_hash()
+    assert _settings(make_cfg, ["trainer.patience=5"]).config_hash() != plain.config_hash()

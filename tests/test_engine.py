@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-import idistill.checkpoint as checkpoint_mod
 import idistill.recipes.translation as translation_mod
 from idistill.checkpoint import BEST, LAST, read_meta
 from idistill.cli.main import run
@@ -18,7 +17,7 @@ from idistill.losses import LabelSmoothedCE
 from idistill.recipes.translation import seq2seq_loss
 from idistill.tracking import client
 
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, killed_after_checkpoint, script_validation
 
 
 def test_small_run_logs_metrics_params_and_bleu(make_cfg, tmp_path):
@@ -62,17 +61,8 @@ def _final_weights(save_dir):
 def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch):
     straight = run(make_cfg(SMALL_RUN), output_dir=tmp_path / "straight", progress=False)
 
-    real_write_meta = checkpoint_mod.write_meta
-
-    def killed_after_update_3(save_dir, meta):
-        real_write_meta(save_dir, meta)
-        if meta["update"] == 3:
-            raise KeyboardInterrupt  # as if the process were killed right after the checkpoint
-
-    monkeypatch.setattr(checkpoint_mod, "write_meta", killed_after_update_3)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch, update=3):
         run(make_cfg(SMALL_RUN), output_dir=tmp_path / "killed", progress=False)
-    monkeypatch.setattr(checkpoint_mod, "write_meta", real_write_meta)
     assert read_meta(tmp_path / "killed" / "checkpoints")["update"] == 3
 
     resumed = run(
@@ -90,16 +80,8 @@ def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch)
 
 def test_resume_true_finds_the_unfinished_run_of_the_same_config(make_cfg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    real_write_meta = checkpoint_mod.write_meta
-
-    def killed(save_dir, meta):
-        real_write_meta(save_dir, meta)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint_mod, "write_meta", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch):
         run(make_cfg(SMALL_RUN), output_dir=tmp_path / "outputs" / "a", progress=False)
-    monkeypatch.setattr(checkpoint_mod, "write_meta", real_write_meta)
     resumed = run(
         make_cfg([*SMALL_RUN, "trainer.resume=true"]),
         output_dir=tmp_path / "outputs" / "b",
@@ -246,3 +228,42 @@ def test_compiled_fused_loss_compiles_once_for_batches_of_any_length(monkeypatch
             model, optimizer, [training_batch(tokens, 300, seed=tokens)], method, compile_loss=True
         )
     assert counters["frames"]["ok"] == 2  # the forward and the backward chunk kernel
+
+
+def test_patience_stops_n_validations_after_the_best_tests_it_and_resumes(
+    make_cfg, tmp_path, monkeypatch
+):
+    from idistill.recipes.translation import TranslationRecipe
+
+    overrides = [*SMALL_RUN, "trainer.validate_every=1", "trainer.patience=2"]
+    script_validation(monkeypatch, TranslationRecipe, "valid/loss", [3.0, 2.0, 2.5, 2.6, 1.0])
+    result = run(make_cfg(overrides, tracking=True), output_dir=tmp_path / "r", progress=False)
+    assert (result.updates, result.stopped_early, result.best_update) == (4, True, 2)
+    assert result.best_valid_loss == 2.0
+    assert torch.load(result.save_dir / BEST, weights_only=True)["update"] == 2  # tested
+    mlflow = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [r] = mlflow.search_runs([mlflow.get_experiment_by_name("synthetic").experiment_id])
+    assert r.data.metrics["train/stopped_early"] == 4 and "test/bleu" in r.data.metrics
+    assert r.data.metrics["best/valid/loss"] == 2.0
+
+    # killed after the checkpoint of update 3 (one validation without a better loss so far)
+    script_validation(monkeypatch, TranslationRecipe, "valid/loss", [3.0, 2.0, 2.5])
+    with killed_after_checkpoint(monkeypatch, update=3):
+        run(make_cfg(overrides), output_dir=tmp_path / "killed", progress=False)
+    script_validation(monkeypatch, TranslationRecipe, "valid/loss", [2.6, 1.0])
+    resumed = run(
+        make_cfg([*overrides, f"trainer.resume={tmp_path / 'killed'}"]),
+        output_dir=tmp_path / "resumed",
+        progress=False,
+    )
+    assert (resumed.updates, resumed.stopped_early, resumed.best_update) == (4, True, 2)
+
+
+def test_patience_zero_trains_to_the_last_update(make_cfg, tmp_path, monkeypatch):
+    from idistill.recipes.translation import TranslationRecipe
+
+    scores = [3.0, 2.0, 2.5, 2.6, 2.7, 2.8]
+    script_validation(monkeypatch, TranslationRecipe, "valid/loss", scores)
+    overrides = [*SMALL_RUN, "trainer.validate_every=1"]
+    result = run(make_cfg(overrides), output_dir=tmp_path / "r", progress=False)
+    assert (result.updates, result.stopped_early, result.best_update) == (6, False, 2)

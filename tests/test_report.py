@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 
 from idistill import figures, report
+from idistill.cells import Cell
+from idistill.cli.compose import compose, grid_cells, parse_sweeps, sweep_grid
 from idistill.cli.main import run
-from idistill.cli.report import _compose, main
+from idistill.cli.report import compose_report, main
+from idistill.targets import TARGETS, build_table
 from idistill.tracking import client
 
 from conftest import SMALL_RUN
@@ -31,7 +34,7 @@ SYNTHETIC = [o for o in SMALL_RUN if not o.startswith("experiment=")] + [
 
 def _train(overrides: list[str], out: Path) -> None:
     """One short real run, composed as `idistill` composes it."""
-    run(_compose(overrides, hydra=False), output_dir=out, progress=False)
+    run(compose(overrides), output_dir=out, progress=False)
 
 
 def _runs(uri: str, filter_string: str = "") -> list:
@@ -57,10 +60,10 @@ def store(tmp_path_factory):
 
 def test_sweeps_on_the_command_line_narrow_or_extend_the_experiment_grid():
     overrides = ["lang=de", "method=baseline, sage", "a.r=[0,0.1]", "seed=range(1,3)"]
-    plain, sweeps = report.parse_sweeps(overrides)
+    plain, sweeps = parse_sweeps(overrides)
     assert plain == ["lang=de", "a.r=[0,0.1]"]
     assert sweeps == {"method": ["baseline", "sage"], "seed": ["1", "2"]}
-    grid, seeds = report.sweep_grid(
+    grid, seeds = sweep_grid(
         {"lang": ["ar", "de"], "method": ["a", "b", "c"], "seed": ["1", "2"]},
         {"method": ["a", "b"]},
     )
@@ -77,7 +80,7 @@ def test_table_holds_the_runs_numbers_and_the_paired_bootstrap(store, tmp_path):
     shared, ids, _ = store
     out = tmp_path / "out"
     overrides = [*shared, "lang=null", "method=baseline,intra_distill"]
-    result = report.make_report("table2", overrides, _compose, out, bootstrap=200)
+    result = compose_report("table2", overrides, out, bootstrap=200)
 
     table = result.tables[0]
     assert [name for name, _ in table.rows] == ["baseline", "intra_distill"]
@@ -110,7 +113,7 @@ def test_table_holds_the_runs_numbers_and_the_paired_bootstrap(store, tmp_path):
 def test_missing_cells_are_shown_with_the_command_that_makes_them(store, tmp_path):
     shared, _, _ = store
     overrides = [*shared, "lang=null"]
-    result = report.make_report("table2", overrides, _compose, tmp_path, bootstrap=0, track=False)
+    result = compose_report("table2", overrides, tmp_path, bootstrap=0, track=False)
     rows = dict(result.tables[0].rows)
     assert set(rows) == {"baseline", "sage", "rdrop", "switch", "intra_distill_js", "intra_distill"}
     assert rows["baseline"][0].values and not rows["sage"][0].values
@@ -124,7 +127,7 @@ def test_missing_cells_are_shown_with_the_command_that_makes_them(store, tmp_pat
 def test_a_seed_sweep_pools_runs_and_asks_for_the_missing_seed(store, tmp_path):
     shared, _, _ = store
     overrides = [*shared, "lang=null", "method=baseline", "seed=1,2"]
-    result = report.make_report("table2", overrides, _compose, tmp_path, bootstrap=0, track=False)
+    result = compose_report("table2", overrides, tmp_path, bootstrap=0, track=False)
     (name, (value, _)), = result.tables[0].rows  # fmt: skip
     assert name == "baseline" and len(value.values) == 1  # seed 1 ran, seed 2 did not
     assert any(n.endswith("method=baseline seed=2") for n in result.tables[0].notes)
@@ -165,7 +168,7 @@ def test_figures_of_the_paper_are_drawn_from_their_experiments_runs(
     store, tmp_path, name, rows, missing
 ):
     shared, ids, _ = store
-    result = report.make_report(name, shared, _compose, tmp_path, track=False)
+    result = compose_report(name, shared, tmp_path, track=False)
     table = result.tables[0]
     assert [n for n, _ in table.rows] == rows
     assert sum(n.startswith("missing: ") for n in table.notes) == missing
@@ -188,7 +191,7 @@ def test_the_sensitivity_sample_is_a_run_artifact(store):
 def test_fig4_draws_the_alpha_schedule_from_the_config_alone(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [f"tracking.uri={uri}", "method.alpha=5", "schedule.p=5", "schedule.q=10"]
-    result = report.make_report("fig4", overrides, _compose, tmp_path / "out", track=False)
+    result = compose_report("fig4", overrides, tmp_path / "out", track=False)
     png = tmp_path / "out" / "fig4.png"
     assert result.tables == [] and png.read_bytes()[:4] == b"\x89PNG"
 
@@ -264,7 +267,7 @@ def test_table5_prints_averages_over_languages_and_the_per_language_table(tmp_pa
     for method in ("baseline", "intra_distill"):
         _train([f"experiment={target}", *shared, f"method={method}", "seed=1"], tmp_path / method)
     overrides = [*shared, "method=baseline,intra_distill", "seed=1,2"]
-    result = report.make_report(target, overrides, _compose, tmp_path / "out", track=False)
+    result = compose_report(target, overrides, tmp_path / "out", track=False)
     main_table, per_language = result.tables
     assert main_table.headers == headers
     rows = dict(main_table.rows)
@@ -304,7 +307,7 @@ def test_table4_prints_glue_dev_scores_x100_with_the_average(tmp_path):
     for glue_task in ("sst2", "mrpc"):
         _train(["experiment=table4", *shared, f"glue_task={glue_task}"], tmp_path / glue_task)
     overrides = [*shared, "glue_task=sst2,mrpc,rte", "method=baseline,intra_distill"]
-    result = report.make_report("table4", overrides, _compose, tmp_path / "out", track=False)
+    result = compose_report("table4", overrides, tmp_path / "out", track=False)
     table = result.tables[0]
     assert table.headers == ["SST-2 acc", "MRPC F1", "MRPC acc", "RTE acc", "avg"]
     rows = dict(table.rows)
@@ -328,12 +331,12 @@ def test_a_newer_run_without_the_analysis_does_not_hide_the_one_with_it(tmp_path
         ids = [r.info.run_id for r in _runs(uri)]
     newest, with_pruning = ids  # search_runs: newest first
     narrow = [*shared, "method=baseline"]
-    fig6 = report.make_report("fig6", narrow, _compose, tmp_path / "f", track=False)
+    fig6 = compose_report("fig6", narrow, tmp_path / "f", track=False)
     (name, curve), = fig6.tables[0].rows  # fmt: skip
     assert name == "baseline" and len(curve) == 6 and curve[0].values  # the run with pruning
     assert (tmp_path / "f" / "fig6.png").is_file()
-    table2 = report.make_report(
-        "table2", [*narrow, "lang=null"], _compose, tmp_path / "t", bootstrap=0, track=False
+    table2 = compose_report(
+        "table2", [*narrow, "lang=null"], tmp_path / "t", bootstrap=0, track=False
     )
     assert table2.tables[0].rows[0][1][0].run_ids == [newest]
     assert with_pruning != newest
@@ -354,8 +357,8 @@ def test_table1_rows_are_the_rounds_each_pooling_its_seeds_and_missing_rounds_sh
 
     settings = SimpleNamespace(method=SimpleNamespace(rounds=2))
     runs = [_fake_run(f"r{s}{r}", s, str(r)) for s in ("1", "2") for r in (0, 1)]
-    cell = report.Cell({}, ["experiment=table1"], settings, ["1", "2"], runs)
-    table, _, _ = report.build_table(report.TARGETS["table1"], [cell])
+    cell = Cell({}, ["experiment=table1"], settings, ["1", "2"], runs)
+    table, _, _ = build_table(TARGETS["table1"], [cell])
     rows = dict(table.rows)
     assert list(rows) == ["round 0", "round 1", "round 2"]
     assert rows["round 0"][0].run_ids == ["r10", "r20"] and rows["round 1"][0].std == 0.0
@@ -364,13 +367,18 @@ def test_table1_rows_are_the_rounds_each_pooling_its_seeds_and_missing_rounds_sh
 
 def test_a_swept_key_that_is_neither_row_nor_column_names_the_rows():
     cells = [
-        report.Cell(
-            {"method": "intra_distill", "method.alpha": a}, [], None, [], [_fake_run(a, "1")]
-        )
+        Cell({"method": "intra_distill", "method.alpha": a}, [], None, [], [_fake_run(a, "1")])
         for a in ("1", "5")
     ]
-    table, _, _ = report.build_table(report.TARGETS["table3"], cells)
+    table, _, _ = build_table(TARGETS["table3"], cells)
     assert [name for name, _ in table.rows] == [
         "intra_distill method.alpha=1",
         "intra_distill method.alpha=5",
     ]
+
+
+def test_an_experiment_file_without_sweeps_is_one_cell():
+    # table1 chains its rounds in one run: its file sweeps nothing (this once failed in
+    # OmegaConf.to_container)
+    [cell] = grid_cells("table1", ["lang=de"])
+    assert cell.settings.method.name == "self_distill"
