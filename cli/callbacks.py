@@ -8,7 +8,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class SweepTracking(Callback):
             self._terminate("FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summarize(Path(config.hydra.sweep.dir), self.parent)
         if self.parent and not self.failed:
             self._terminate("FINISHED")
 
@@ -68,3 +69,29 @@ class SweepTracking(Callback):
             self.client.set_terminated(self.parent, status)
         except Exception as e:
             log.warning("could not end the sweep's parent run %s (%s)", self.parent, e)
+
+
+def summarize(sweep_dir: Path, parent: str | None) -> None:
+    """Print what each job of the sweep scored (read from the jobs' folders, so it works with
+    every launcher), the sweep's folder and parent run, and how to make a report of it."""
+    from idistill.runs import read_result
+    from idistill.sweeps import summary_table
+
+    jobs = []
+    for folder in sorted(sweep_dir.iterdir(), key=lambda p: (len(p.name), p.name)):
+        overrides_file = folder / ".hydra" / "overrides.yaml"
+        if folder.is_dir() and overrides_file.is_file():
+            jobs.append((OmegaConf.load(overrides_file), read_result(folder)))
+    if not jobs:
+        return
+    common = set(jobs[0][0]).intersection(*(set(o) for o, _ in jobs[1:]))
+    labels = [" ".join(o for o in overrides if o not in common) or "(all)" for overrides, _ in jobs]
+    lines = [
+        "",
+        summary_table([(label, r) for label, (_, r) in zip(labels, jobs, strict=True)]),
+        "",
+        f"sweep folder: {sweep_dir}",
+    ]
+    if parent:
+        lines.append(f"MLflow parent run: {parent} (make ui)")
+    print("\n".join(lines), flush=True)

@@ -25,15 +25,17 @@ class Cell:
 
 
 def attach_runs(cells: Sequence[Cell], client, logged: Callable[[Cell, Any], bool]) -> None:
-    """Each cell's runs, found by the tag `cell`: the newest FINISHED run per seed (and
-    self-distillation round) that `logged` what the target needs, and the unfinished ones."""
+    """Each cell's runs, found by the tag `cell` (or the legacy hash that earlier versions
+    tagged them with): the newest FINISHED run per seed (and self-distillation round) that
+    `logged` what the target needs, and the unfinished ones."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     for cell in cells:
-        found = client.search_runs(
-            experiments,
-            filter_string=f"tags.cell = '{cell.settings.cell_hash()}'",
-            order_by=["attributes.start_time DESC"],
-        )
+        found = [
+            run
+            for tag in cell.settings.hashes(cell=True)
+            for run in client.search_runs(experiments, filter_string=f"tags.cell = '{tag}'")
+        ]
+        found.sort(key=lambda run: run.info.start_time, reverse=True)
         newest: dict[tuple, Any] = {}
         for run in found:  # newest first
             if cell.seeds and run.data.params.get("seed") not in cell.seeds:

@@ -43,15 +43,16 @@ def read_meta(save_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def find_resumable(roots: list[Path], config_hash: str) -> Path | None:
-    """Newest unfinished checkpoint directory under `roots` whose run had this config hash."""
+def find_resumable(roots: list[Path], config_hashes: list[str]) -> Path | None:
+    """Newest unfinished checkpoint directory under `roots` whose run had one of these config
+    hashes (the current one, and the legacy one of runs made by earlier versions)."""
     found = []
     for root in roots:
         if not root.is_dir():
             continue
         for meta_file in root.rglob(META):
             meta = read_meta(meta_file.parent)
-            resumable = meta and meta.get("config_hash") == config_hash
+            resumable = meta and meta.get("config_hash") in config_hashes
             resumable = resumable and not meta.get("finished")
             if resumable and (meta_file.parent / LAST).is_file():
                 found.append((meta_file.stat().st_mtime, meta_file.parent))

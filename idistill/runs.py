@@ -9,7 +9,9 @@ self-distillation chain (Table 1), whose rounds are such runs.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,13 +35,13 @@ def check_data(settings: RunSettings) -> None:
         check_task(settings.task, settings.lang)
 
 
-def resume_dir(resume: Any, config_hash: str, roots: list[Path]) -> Path | None:
+def resume_dir(resume: Any, config_hashes: list[str], roots: list[Path]) -> Path | None:
     """The checkpoint directory to continue from: trainer.resume=true finds the newest unfinished
     run of the same config under `roots`; a path names a run, checkpoint dir or checkpoint."""
     if resume in (False, None, "false"):
         return None
     if resume in (True, "true"):
-        found = find_resumable(roots, config_hash)
+        found = find_resumable(roots, config_hashes)
         if found is None:
             log.info("trainer.resume=true: no unfinished run of this config; starting afresh")
         return found
@@ -61,12 +63,20 @@ def launch(
     """Check the data, then train, test and track one configuration (a chain of runs for
     method=self_distill). out_dir: the run's folder; sweep_dir: the folder of the sweep it
     belongs to (its MLflow parent run). None when a resumed chain had nothing left to train."""
+    from idistill import distributed
+
     check_data(settings)
+    started = time.perf_counter()
     run_name = run_name or out_dir.name
     if settings.method.name == "self_distill":
-        return run_chain(settings, out_dir, run_name, sweep_dir, progress)
-    cell = {"cell": settings.cell_hash()}  # idistill-report finds a table cell's runs by it
-    return run_one(settings, out_dir, run_name, sweep_dir, progress, cell)[0]
+        result = run_chain(settings, out_dir, run_name, sweep_dir, progress)
+    else:
+        cell = {"cell": settings.cell_hash()}  # idistill-report finds a table cell's runs by it
+        result = run_one(settings, out_dir, run_name, sweep_dir, progress, cell)[0]
+    # (a resumed chain writes into its own folder, not out_dir)
+    if result is not None and distributed.from_env().main and out_dir.is_dir():
+        write_result(out_dir, result, time.perf_counter() - started)
+    return result
 
 
 def run_chain(
@@ -141,7 +151,7 @@ def run_one(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     roots = [Path.cwd() / "outputs", Path.cwd() / "multirun", out_dir.parent]
-    resume = resume_dir(settings.trainer.resume, settings.config_hash(), roots)
+    resume = resume_dir(settings.trainer.resume, settings.hashes(), roots)
     parent = None
     if sweep_dir is not None and (sweep_dir / PARENT_RUN_FILE).is_file():
         parent = (sweep_dir / PARENT_RUN_FILE).read_text().strip()
@@ -180,3 +190,29 @@ def run_one(
         raise
     tracker.finish("FINISHED")
     return result, tracker.run_id
+
+
+RESULT_FILE = "result.json"  # beside a run's outputs: what it scored, for sweep summaries
+
+
+def write_result(out_dir: Path, result: FitResult, seconds: float) -> None:
+    """<run dir>/result.json: the run's headline numbers (read by the sweep summary); for a
+    self-distillation chain, its last round's."""
+    record = {
+        "updates": result.updates,
+        "best": result.best,
+        "best_update": result.best_update,
+        "stopped_early": result.stopped_early,
+        "metrics": result.metrics,
+        "objective": result.objective,
+        "seconds": round(seconds, 1),  # this invocation's wall time (training and test)
+    }
+    (out_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
+
+
+def read_result(out_dir: Path) -> dict | None:
+    """What `write_result` wrote in `out_dir`, or None."""
+    try:
+        return json.loads((out_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None

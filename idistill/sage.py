@@ -238,6 +238,16 @@ def sage_param_groups(model: nn.Module) -> list[dict]:
     return [{"params": sage_params, "sage": True}, {"params": plain, "sage": False}]
 
 
+def adamw(params, **hyper) -> torch.optim.AdamW:
+    """torch's AdamW as one fused kernel per step (~4x faster than the per-tensor loop, on the
+    CPU too), or the plain one where a device or dtype has no fused kernel."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **hyper)
+    except RuntimeError:  # e.g. an older torch on the CPU
+        return torch.optim.AdamW(params, **hyper)
+
+
 def make_optimizer(
     model: nn.Module,
     name: str,
@@ -251,10 +261,7 @@ def make_optimizer(
     betas = tuple(float(b) for b in betas)
     hyper = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if name == "adamw":
-        try:  # one fused kernel per step: ~4x faster than the per-tensor loop on CPU too
-            return torch.optim.AdamW(model.parameters(), fused=True, **hyper)
-        except RuntimeError:  # a device or dtype without the fused kernel (older torch on CPU)
-            return torch.optim.AdamW(model.parameters(), **hyper)
+        return adamw(model.parameters(), **hyper)
     if name == "sage_adamw":
         return SageAdamW(sage_param_groups(model), beta3=beta3, **hyper)
     if name == "sage_adamax":

@@ -165,3 +165,27 @@ def test_early_stopping_leaves_the_hash_of_runs_without_it_unchanged(make_cfg):
     plain, off = _settings(make_cfg, []), _settings(make_cfg, ["trainer.patience=0"])
     assert plain.config_hash() == off.config_hash()
     assert _settings(make_cfg, ["trainer.patience=5"]).config_hash() != plain.config_hash()
+
+
+def test_a_run_logs_and_hashes_only_the_keys_its_task_family_reads(make_cfg):
+    mt = _settings(make_cfg, ["experiment=demo"]).to_dict()
+    assert "beam" in mt["trainer"] and "teacher" in mt["method"]
+    assert "batch_size" not in mt["trainer"] and "optimizer" not in mt["trainer"]
+    nlu = _settings(make_cfg, ["experiment=glue_cpu"])
+    d = nlu.to_dict()
+    assert d["trainer"]["batch_size"] == 16 and d["trainer"]["optimizer"] == "adamax"
+    for key in ("beam", "label_smoothing", "max_tokens", "max_len_a", "fused_loss"):
+        assert key not in d["trainer"], key
+    assert "teacher" not in d["method"] and "rounds" not in d["method"]
+    # a translation-only key no longer changes an NLU run's hash
+    other = _settings(make_cfg, ["experiment=glue_cpu", "trainer.beam=7"])
+    assert other.config_hash() == nlu.config_hash()
+    assert other.config_hash(legacy=True) != nlu.config_hash(legacy=True)
+
+
+def test_runs_of_earlier_versions_are_found_by_their_legacy_hash(make_cfg):
+    mt, nlu = _settings(make_cfg, ["experiment=demo"]), _settings(make_cfg, ["experiment=glue_cpu"])
+    assert mt.hashes() == [mt.config_hash()]  # translation hashes did not change
+    assert nlu.hashes() == [nlu.config_hash(), nlu.config_hash(legacy=True)]
+    assert nlu.hashes(cell=True) == [nlu.cell_hash(), nlu.cell_hash(legacy=True)]
+    assert len(set(nlu.hashes())) == 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from idistill.checkpoint import BEST
 from idistill.cli.main import run
 from idistill.config import ConfigError
 from idistill.distill import load_teacher, teacher_checkpoint, teacher_kl
+from idistill.engine import FitResult
 from idistill.recipes.translation import build_model
 
 from conftest import SMALL_RUN
@@ -136,7 +136,7 @@ def test_round_zero_is_plain_training_whatever_k_and_alpha_the_students_use(
 
     def fake_run_one(settings, *args, **kwargs):
         seen.append(settings.method)
-        return SimpleNamespace(test_bleu=None), "run-id"
+        return FitResult(6, 1.0, {}, None, tmp_path), "run-id"
 
     monkeypatch.setattr(runs, "run_one", fake_run_one)
     cfg = make_cfg([*SMALL_RUN, "method=self_distill", "method.k=3", "method.alpha=2"])

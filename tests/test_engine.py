@@ -15,6 +15,7 @@ from idistill.engine.device import loss_scaler
 from idistill.engine.step import NonFiniteLoss, step
 from idistill.losses import LabelSmoothedCE
 from idistill.recipes.translation import seq2seq_loss
+from idistill.runs import read_result
 from idistill.tracking import client
 
 from conftest import SMALL_RUN, killed_after_checkpoint, script_validation
@@ -52,6 +53,7 @@ def test_small_run_logs_metrics_params_and_bleu(make_cfg, tmp_path):
     valid = mlflow.get_metric_history(r.info.run_id, "valid/loss")
     assert [v.step for v in valid] == [3, 6]
     assert (tmp_path / "run" / "test.hyp").read_text().count("\n") == 20
+    assert read_result(tmp_path / "run")["metrics"] == {"test/bleu": result.test_bleu}
 
 
 def _final_weights(save_dir):

@@ -26,7 +26,7 @@ from idistill.analysis.sensitivity import (
     summarize,
     violin_sample,
 )
-from idistill.config import AnalysisSettings, ConfigError
+from idistill.config import AnalysisSettings, ConfigError, require
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +150,26 @@ class RunAnalysis:
             plots.pruning_curves({label: curve}, folder / "pruning.png", metric=metric)
         tracker.log_artifacts(folder, FOLDER)
         return stats
+
+
+def check_analysis(a: AnalysisSettings) -> None:
+    """Refuse analysis settings that cannot work, naming the key."""
+    require(a.track_every >= 0, f"analysis.track_every must be >= 0 (got {a.track_every})")
+    require(a.batches >= 1, f"analysis.batches must be >= 1 (got {a.batches})")
+    require(a.track_batches >= 1, f"analysis.track_batches must be >= 1 (got {a.track_batches})")
+    require(
+        isinstance(a.ratios, (list, tuple)),
+        f"analysis.ratios must be a list, e.g. [0,0.3] (got {a.ratios})",
+    )
+    require(
+        a.ratios and all(0 <= r < 1 for r in a.ratios),
+        f"analysis.ratios must be fractions in [0, 1), e.g. [0,0.1,0.2] (got {a.ratios})",
+    )
+    for r in a.ratios:  # prune/<metric> is logged at step round(100 * ratio)
+        require(
+            abs(100 * r - round(100 * r)) < 1e-6,
+            "analysis.ratios are logged with step = the percentage: use whole percents such as "
+            f"0.1, 0.25 (got {r})",
+        )
+    require(0 <= a.drop_top < 1, f"analysis.drop_top must be in [0, 1) (got {a.drop_top})")
+    require(0 < a.sample <= 1, f"analysis.sample must be in (0, 1] (got {a.sample})")

@@ -152,7 +152,8 @@ def _train(run: Run, progress: bool) -> None:
                         "train/loss_scale": run.scaler.get_scale(),
                     }
                 run.tracker.log_metrics(metrics, step=st.update)
-                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}")
+                speed = {f"{run.recipe.unit}_s": f"{metrics[f'train/{run.recipe.unit}_per_s']:.0f}"}
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}", **speed)
                 window = _Window()
             run.analysis.during(st.update, run.tracker)  # analysis.track_every
             if t.validate_every and st.update % t.validate_every == 0:

@@ -3,8 +3,13 @@ checkpoint saves it as it is, so a resumed run continues exactly where the kille
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, fields
+
+from idistill.config import require
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,3 +66,17 @@ class TrainState:
         if state.best is not None and math.isinf(state.best):
             state.best = None  # nothing validated yet
         return state
+
+
+def check_patience(patience, max_updates: int, validate_every: int) -> None:
+    """trainer.patience: a whole number >= 0; a warning when the run cannot validate that often."""
+    require(
+        isinstance(patience, int) and not isinstance(patience, bool) and patience >= 0,
+        f"trainer.patience must be a whole number >= 0 (0: off) (got {patience!r})",
+    )
+    if patience and validate_every and max_updates // validate_every <= patience:
+        log.warning(
+            "trainer.patience=%d can never stop the run: trainer.max_updates=%d allows only %d "
+            "validations every %d updates",
+            patience, max_updates, max_updates // validate_every, validate_every,
+        )  # fmt: skip

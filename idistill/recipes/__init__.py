@@ -16,3 +16,12 @@ def recipe_for(settings: RunSettings) -> Recipe:
     from idistill.recipes.translation import TranslationRecipe
 
     return TranslationRecipe(settings)
+
+
+def check_settings(settings: RunSettings) -> None:
+    """Refuse what the task family's recipe cannot train (config.validate calls this)."""
+    if settings.task.get("type") == "nlu":
+        from idistill.recipes.nlu import check_settings as check
+    else:
+        from idistill.recipes.translation import check_settings as check
+    check(settings)

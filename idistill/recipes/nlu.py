@@ -18,15 +18,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from idistill.config import ConfigError, RunSettings
+from idistill.config import (
+    ALPHA_PER,
+    BASE_OPTIMIZERS,
+    ID_MASKS,
+    LR_SCHEDULES,
+    ConfigError,
+    RunSettings,
+    require,
+)
 from idistill.data.nlu import NLUData, nlu_module
 from idistill.engine.recipe import Recipe, TestResult
 from idistill.engine.state import Selection
 from idistill.intra import IntraLoss, intra_distill_loss
 from idistill.losses import CLASSIFICATION_DIVERGENCES
-from idistill.models.encoder import EncoderWithHead, build_encoder, load_tokenizer, sage_groups
+from idistill.models.encoder import (
+    EncoderWithHead,
+    build_encoder,
+    check_model,
+    is_encoder,
+    load_tokenizer,
+    sage_groups,
+)
 from idistill.recipes import heads
-from idistill.sage import SageAdamax, SageAdamW
+from idistill.sage import SageAdamax, SageAdamW, adamw
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +57,7 @@ def make_optimizer(model: EncoderWithHead, s: RunSettings) -> tuple[torch.optim.
     hyper = dict(lr=t.lr, betas=tuple(float(b) for b in t.betas), beta3=m.beta3)
     if name == "adamw":
         groups = [{k: v for k, v in g.items() if k != "sage"} for g in groups]
-        return torch.optim.AdamW(groups, lr=t.lr, betas=hyper["betas"], eps=1e-8), name
+        return adamw(groups, lr=t.lr, betas=hyper["betas"], eps=1e-8), name  # fused, as MT's
     if name.endswith("adamw"):
         return SageAdamW(groups, eps=1e-8, **hyper), name
     return SageAdamax(groups, eps=1e-6, **hyper), name
@@ -92,6 +107,68 @@ def _check_head(data: NLUData, divergence: str, task_name: str) -> None:
         raise ConfigError(
             f"divergence={divergence} is for regression outputs; task {task_name} has a "
             f"{data.head} head: use divergence=x (or js, jeffrey)"
+        )
+
+
+def check_settings(s: RunSettings) -> None:
+    """NLU fine-tuning: a pretrained encoder, example batches, and a divergence for the head."""
+    from idistill.data.nlu import task_head
+
+    m, t, name = s.method, s.trainer, s.task["name"]
+    require(
+        is_encoder(s.model),
+        f"task={name} fine-tunes a pretrained encoder: model=bert_base, minilm_local, xlmr_base "
+        f"or xlmr_large, or model.name_or_path=<dir> (got model={s.model.get('name')})",
+    )
+    try:
+        check_model(s.model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    require(
+        m.name not in ("switch", "self_distill") and not m.teacher,
+        f"method={m.name} is implemented for translation only; task={name} runs baseline, "
+        "intra_distill, intra_distill_js, rdrop or sage",
+    )
+    require(
+        t.batch_size is not None and t.batch_size >= 1,
+        f"task={name} batches by examples: add trainer=finetune (or experiment=glue_cpu / table4) "
+        f"or set trainer.batch_size (got {t.batch_size})",
+    )
+    require(
+        t.lr_schedule in LR_SCHEDULES,
+        f"trainer.lr_schedule must be one of {LR_SCHEDULES} (got {t.lr_schedule!r})",
+    )
+    require(
+        t.optimizer in BASE_OPTIMIZERS,
+        f"trainer.optimizer must be one of {BASE_OPTIMIZERS} (got {t.optimizer!r})",
+    )
+    require(
+        t.warmup_ratio is None or 0 <= t.warmup_ratio < 1,
+        f"trainer.warmup_ratio must be in [0, 1) or null (got {t.warmup_ratio})",
+    )
+    alpha_per = s.task.get("alpha_per", "unit")
+    require(
+        alpha_per in ALPHA_PER, f"task.alpha_per must be one of {ALPHA_PER} (got {alpha_per!r})"
+    )
+    id_mask = s.task.get("id_mask", "labels")
+    require(id_mask in ID_MASKS, f"task.id_mask must be one of {ID_MASKS} (got {id_mask!r})")
+    try:
+        head = task_head(s.task)
+    except (ImportError, KeyError):
+        raise ConfigError(
+            f"task={name} has its configuration but no data module in this version of idistill"
+        ) from None
+    if head == "regression":
+        require(
+            m.divergence == "mse",
+            f"divergence={m.divergence} needs probabilities; task {name} "
+            f"({s.task.get('glue_task', '')}) is a regression task: use divergence=mse",
+        )
+    elif head is not None:
+        require(
+            m.divergence in CLASSIFICATION_DIVERGENCES,
+            f"divergence=mse is for regression outputs; task {name} has a {head} head: use "
+            "divergence=x (or js, jeffrey)",
         )
 
 

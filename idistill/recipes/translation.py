@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from idistill.config import RunSettings
+from idistill.config import ConfigError, RunSettings, require
 from idistill.data.batching import collate, token_batches
 from idistill.data.tasks import load_task
 from idistill.distill import load_teacher, teacher_kl
@@ -21,6 +21,7 @@ from idistill.engine.step import LossFn
 from idistill.evaluate import corpus_bleu, translate
 from idistill.intra import IntraLoss, fused_intra_distill_loss, intra_distill_loss
 from idistill.losses import LabelSmoothedCE, label_smoothed_nll_loss
+from idistill.models.encoder import is_encoder
 from idistill.models.transformer import Seq2SeqTransformer, model_config
 from idistill.sage import make_optimizer
 
@@ -92,6 +93,36 @@ def seq2seq_loss(
         return res
 
     return loss
+
+
+def check_settings(s: RunSettings) -> None:
+    """Refuse what a translation run cannot train, naming the key: an encoder for a model,
+    NLU trainer keys, a bad model config, batches smaller than the longest sentence."""
+    t = s.trainer
+    require(
+        not is_encoder(s.model),
+        f"model.name_or_path={s.model.get('name_or_path')} is a pretrained encoder for NLU "
+        f"tasks (task=glue, ...); task={s.task['name']} needs a seq2seq model "
+        "(model=transformer_small, ...)",
+    )
+    require(
+        t.lr_schedule == "inverse_sqrt" and t.optimizer == "adamw",
+        f"trainer.lr_schedule={t.lr_schedule} / trainer.optimizer={t.optimizer} are for NLU "
+        "fine-tuning; translation uses inverse_sqrt and method.optimizer",
+    )
+    try:  # the model's keys and sizes, with a stand-in vocabulary (the real one: with data)
+        model_config(s.model, vocab_size=64, pad_id=0)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    max_len = s.task.get("max_len")
+    if max_len is not None:
+        longest = max_len + 1  # a sentence of max_len pieces plus eos (or bos)
+        require(
+            t.max_tokens >= longest,
+            f"trainer.max_tokens={t.max_tokens} is smaller than the longest allowed sentence "
+            f"(task.max_len={max_len} + 1 = {longest} tokens): raise trainer.max_tokens or "
+            "lower task.max_len",
+        )
 
 
 class TranslationRecipe(Recipe):
