@@ -31,13 +31,17 @@ ID_MASKS = ("labels", "attention")  # tokens head: positions the divergence coun
 FAMILY_ONLY = {
     "translation": (
         ("trainer", ("max_tokens", "label_smoothing", "beam", "len_penalty", "max_len_a",
-                     "max_len_b", "test_max_sentences", "fused_loss")),
+                     "max_len_b", "test_max_sentences", "fused_loss", "best_metric",
+                     "valid_bleu_sentences")),
         ("method", ("teacher", "rounds")),
     ),
     "nlu": (("trainer", ("batch_size", "optimizer")),),
 }  # fmt: skip
 # trainer keys added after the first runs were tagged: at their defaults they leave hashes alone
-LATER_KEYS = ("batch_size", "optimizer", "lr_schedule", "warmup_ratio", "patience", "fused_loss")
+LATER_KEYS = (
+    "batch_size", "optimizer", "lr_schedule", "warmup_ratio", "patience", "fused_loss",
+    "best_metric", "valid_bleu_sentences",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -89,6 +93,8 @@ class TrainerSettings:
     label_smoothing: float = 0.1
     validate_every: int = 0
     patience: int = 0  # stop after this many validations without a better score (0: off)
+    best_metric: str = "loss"  # translation: what picks the best checkpoint: loss | bleu
+    valid_bleu_sentences: int = 500  # best_metric=bleu: the first N valid sentences, translated
     log_every: int = 20
     beam: int = 5
     len_penalty: float = 1.0

@@ -92,6 +92,8 @@ def test_wrong_type_for_seed_is_refused(make_cfg):
         (["trainer.patience=-1"], r"trainer.patience must be a whole number >= 0 .*got -1"),
         (["trainer.patience=abc"], r"trainer.patience must be a whole number >= 0 .*got 'abc'"),
         (["trainer.patience=1.5"], r"trainer.patience must be a whole number"),
+        (["trainer.best_metric=chrf"], r"trainer.best_metric must be loss or bleu .*'chrf'"),
+        (["trainer.valid_bleu_sentences=0"], r"trainer.valid_bleu_sentences must be >= 1"),
     ],
 )
 def test_bad_values_are_refused_with_key_and_fix(make_cfg, overrides, message):

@@ -269,3 +269,24 @@ def test_patience_zero_trains_to_the_last_update(make_cfg, tmp_path, monkeypatch
     overrides = [*SMALL_RUN, "trainer.validate_every=1"]
     result = run(make_cfg(overrides), output_dir=tmp_path / "r", progress=False)
     assert (result.updates, result.stopped_early, result.best_update) == (6, False, 2)
+
+
+def test_best_metric_bleu_selects_the_checkpoint_with_the_highest_valid_bleu(make_cfg, tmp_path):
+    overrides = [*SMALL_RUN, "trainer.best_metric=bleu", "trainer.valid_bleu_sentences=10"]
+    result = run(make_cfg(overrides, tracking=True), output_dir=tmp_path / "r", progress=False)
+    mlflow = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [r] = mlflow.search_runs([mlflow.get_experiment_by_name("synthetic").experiment_id])
+    history = {m.step: m.value for m in mlflow.get_metric_history(r.info.run_id, "valid/bleu")}
+    assert set(history) == {3, 6} and "valid/loss" in r.data.metrics
+    best = max(history, key=lambda step: (history[step], -step))  # the first of equal scores
+    assert result.best_update == best and result.best == history[best]
+    assert torch.load(result.save_dir / BEST, weights_only=True)["metric"] == "valid/bleu"
+
+
+def test_best_metric_bleu_picks_the_higher_score(make_cfg, tmp_path, monkeypatch):
+    from idistill.recipes.translation import TranslationRecipe
+
+    script_validation(monkeypatch, TranslationRecipe, "valid/bleu", [12.0, 9.0])
+    overrides = [*SMALL_RUN, "trainer.best_metric=bleu", "trainer.valid_bleu_sentences=5"]
+    result = run(make_cfg(overrides), output_dir=tmp_path / "r", progress=False)
+    assert (result.best_update, result.best) == (3, 12.0)

@@ -114,6 +114,14 @@ def check_settings(s: RunSettings) -> None:
         model_config(s.model, vocab_size=64, pad_id=0)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    require(
+        t.best_metric in ("loss", "bleu"),
+        f"trainer.best_metric must be loss or bleu (got {t.best_metric!r})",
+    )
+    require(
+        isinstance(t.valid_bleu_sentences, int) and t.valid_bleu_sentences >= 1,
+        f"trainer.valid_bleu_sentences must be >= 1 (got {t.valid_bleu_sentences!r})",
+    )
     max_len = s.task.get("max_len")
     if max_len is not None:
         longest = max_len + 1  # a sentence of max_len pieces plus eos (or bos)
@@ -134,6 +142,8 @@ class TranslationRecipe(Recipe):
     def __init__(self, s: RunSettings):
         super().__init__(s)
         t = s.trainer
+        if t.best_metric == "bleu":  # many select on BLEU; the paper selects on loss
+            self.selection = Selection("valid/bleu", higher_is_better=True)
         # trainer.fused_loss: CE and divergence in one chunked pass (idistill.losses.fused),
         # else the plain reference formulas; the same loss and gradients
         self.fused = t.fused_loss
@@ -187,15 +197,15 @@ class TranslationRecipe(Recipe):
     def validate(self, model) -> dict[str, float]:
         t = self.s.trainer
         v = validate(
-            model,
-            self.data.splits["valid"],
-            self.tok,
-            t.max_tokens,
-            self.device,
-            self.amp,
+            model, self.data.splits["valid"], self.tok, t.max_tokens, self.device, self.amp,
             t.label_smoothing,
-        )
-        return {f"valid/{k}": value for k, value in v.items()}
+        )  # fmt: skip
+        scores = {f"valid/{k}": value for k, value in v.items()}
+        if t.best_metric == "bleu":
+            n = t.valid_bleu_sentences
+            hyps = self._translate(model, self.data.splits["valid"][:n], progress=False)
+            scores["valid/bleu"] = corpus_bleu(hyps, self.data.references["valid"][:n]).score
+        return scores
 
     def analysis_batches(self, n: int) -> list[dict]:
         """A fixed random sample: epoch 0's order, which training never uses."""
@@ -209,11 +219,11 @@ class TranslationRecipe(Recipe):
         n = self.s.trainer.test_max_sentences
         return (test[:n], refs[:n]) if n else (test, refs)
 
-    def _translate(self, model, progress: bool) -> list[str]:
+    def _translate(self, model, examples, progress: bool) -> list[str]:
         t = self.s.trainer
         return translate(
             model,
-            self._test_set()[0],
+            examples,
             self.tok,
             device=self.device,
             max_tokens=t.max_tokens,
@@ -228,7 +238,8 @@ class TranslationRecipe(Recipe):
     def test(self, model, out_dir: Path, tracker, progress: bool) -> TestResult:
         """Beam search on the test set, sacreBLEU against the raw references; test.hyp and
         test.ref as artifacts (idistill-report's paired bootstrap needs both sides)."""
-        hyps, refs = self._translate(model, progress), self._test_set()[1]
+        test, refs = self._test_set()
+        hyps = self._translate(model, test, progress)
         bleu = corpus_bleu(hyps, refs)
         for name, lines in (("test.hyp", hyps), ("test.ref", refs)):
             path = out_dir / name
@@ -239,5 +250,5 @@ class TranslationRecipe(Recipe):
         return TestResult({"test/bleu": bleu.score}, bleu.score, {"bleu_signature": bleu.signature})
 
     def pruning_metric(self, model):
-        refs = self._test_set()[1]
-        return "bleu", lambda: corpus_bleu(self._translate(model, progress=False), refs).score
+        test, refs = self._test_set()
+        return "bleu", lambda: corpus_bleu(self._translate(model, test, False), refs).score
