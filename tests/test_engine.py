@@ -3,6 +3,7 @@ checkpoints, resume, NaN stop, fp16, early stopping."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -212,7 +213,8 @@ def test_compiled_fused_loss_trains_like_the_eager_one(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_fused_loss_compiles_once_for_batches_of_any_length(monkeypatch):
+@pytest.mark.parametrize("k", [1, 3])  # K = 1: the baseline, whose [1, N] slices kept stride N
+def test_compiled_fused_loss_compiles_once_for_batches_of_any_length(monkeypatch, k):
     """Batches hold different numbers of target positions; the compiled chunk kernels see
     chunks of one shape, so they compile once each, not once per batch (a strided slice of
     the per-position vectors once made dynamo recompile for every batch until its limit)."""
@@ -225,6 +227,7 @@ def test_compiled_fused_loss_compiles_once_for_batches_of_any_length(monkeypatch
     torch._dynamo.reset()
     counters.clear()
     model, optimizer, _, method = _tiny_step_setup()
+    method = dataclasses.replace(method, k=k)
     for tokens in (200, 150, 250, 180):
         _step(
             model, optimizer, [training_batch(tokens, 300, seed=tokens)], method, compile_loss=True

@@ -171,10 +171,11 @@ class _FusedOutputLoss(torch.autograd.Function):
             g = fn(
                 logits.index_select(1, rows[lo:hi]),
                 target[lo:hi],
-                # contiguous: a column slice's stride is the batch's position count, and a
-                # compiled kernel guarded on it would recompile for every batch
-                lse_all[:, lo:hi].contiguous(),
-                spread_all[:, lo:hi].contiguous(),
+                # copies: a column slice's stride is the batch's position count, and a
+                # compiled kernel guarded on it would recompile for every batch (.contiguous()
+                # keeps that stride when K = 1, where the first dimension has size 1)
+                lse_all[:, lo:hi].clone(memory_format=torch.contiguous_format),
+                spread_all[:, lo:hi].clone(memory_format=torch.contiguous_format),
                 grad_ce.float() * ce_w[lo:hi],
                 grad_div.float() * div_w[lo:hi],
                 *ctx.scalars,
