@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from idistill.checkpoint import BEST
+from idistill.checkpoint import BEST, load
 from idistill.config import ConfigError
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id
@@ -55,7 +55,7 @@ def teacher_checkpoint(spec: str, tracking_uri: str | None = None) -> Path:
 def load_teacher(student: nn.Module, checkpoint: Path, device: torch.device) -> nn.Module:
     """A frozen copy of `student`'s architecture with the weights of `checkpoint`, in eval mode."""
     teacher = copy.deepcopy(student)
-    state = torch.load(checkpoint, map_location=device, weights_only=False)["model"]
+    state = load(checkpoint, device)["model"]  # tensors and plain values only (weights_only)
     try:
         teacher.load_state_dict(state)
     except RuntimeError as e:

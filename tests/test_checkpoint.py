@@ -1,10 +1,14 @@
-"""Checkpoints: the search for the run to resume."""
+"""Checkpoints: the search for the run to resume, and loading only tensors and plain values."""
 
 from __future__ import annotations
 
 import json
+import os
 
-from idistill.checkpoint import LAST, META, find_resumable
+import pytest
+import torch
+
+from idistill.checkpoint import LAST, META, find_resumable, load
 
 
 def _run(folder, config_hash, finished=False):
@@ -21,3 +25,23 @@ def test_resume_finds_unfinished_runs_of_the_current_or_the_legacy_hash(tmp_path
     old = _run(tmp_path / "old", "legacy")  # made before the hash changed
     assert find_resumable([tmp_path], ["new"]) is None
     assert find_resumable([tmp_path], ["new", "legacy"]) == old
+
+
+class _Payload:
+    """What a crafted checkpoint could hold: unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load(tmp_path / "evil.pt")
+    assert not marker.exists()
+    torch.save({"model": {"w": torch.ones(2)}, "update": 3}, tmp_path / "ok.pt")
+    assert load(tmp_path / "ok.pt")["update"] == 3

@@ -50,7 +50,7 @@ def _sweep(experiment: str) -> list[str]:
 
 
 def _translation(experiment: str) -> bool:
-    """NLU experiments (GLUE, NER, TyDiQA) fine-tune pretrained encoders: tests/test_finetune.py."""
+    """NLU experiments (GLUE, NER, TyDiQA) fine-tune pretrained encoders: tests/test_nlu.py."""
     return _compose([f"experiment={experiment}"]).task.get("type", "translation") != "nlu"
 
 

@@ -59,7 +59,7 @@ def _model_and_batch():
 
 
 def _step(model, batch, method):
-    """One step as train.py runs it; returns the loss, the gradients and the forward sizes."""
+    """One step as the engine runs it; returns the loss, the gradients and the forward sizes."""
     rows = []
 
     def forward(b):
