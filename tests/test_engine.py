@@ -293,3 +293,13 @@ def test_best_metric_bleu_picks_the_higher_score(make_cfg, tmp_path, monkeypatch
     overrides = [*SMALL_RUN, "trainer.best_metric=bleu", "trainer.valid_bleu_sentences=5"]
     result = run(make_cfg(overrides), output_dir=tmp_path / "r", progress=False)
     assert (result.best_update, result.best) == (3, 12.0)
+
+
+def test_patience_running_out_at_the_last_update_is_no_early_stop(make_cfg, tmp_path, monkeypatch):
+    from idistill.recipes.translation import TranslationRecipe
+
+    scores = [3.0, 2.0, 1.5, 1.4, 2.5, 2.6]  # the 2nd validation without a better loss: update 6
+    script_validation(monkeypatch, TranslationRecipe, "valid/loss", scores)
+    overrides = [*SMALL_RUN, "trainer.validate_every=1", "trainer.patience=2"]
+    result = run(make_cfg(overrides), output_dir=tmp_path / "r", progress=False)
+    assert (result.updates, result.stopped_early, result.best_update) == (6, False, 4)

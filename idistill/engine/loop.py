@@ -167,10 +167,11 @@ def _train(run: Run, progress: bool) -> None:
     bar.close()
     if st.update != run.last_validated:
         _validate_and_save(run)
+    st.stopped_early = st.stopped_early and st.update < run.total  # the cap came first
     if st.stopped_early:
         run.tracker.log_metrics({"train/stopped_early": st.update}, step=st.update)
         log.info(
-            "early stop at update %d: %d validations without a better %s (best %.4f at update %d)",
+            "early stop at update %d: %d validations without a better %s (best %s at update %d)",
             st.update,
             st.stale,
             run.recipe.selection.metric,
