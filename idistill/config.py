@@ -95,6 +95,7 @@ class TrainerSettings:
     patience: int = 0  # stop after this many validations without a better score (0: off)
     best_metric: str = "loss"  # translation: what picks the best checkpoint: loss | bleu
     valid_bleu_sentences: int = 500  # best_metric=bleu: the first N valid sentences, translated
+    test: bool = True  # false: no test after training (runs that tune on validation only)
     log_every: int = 20
     beam: int = 5
     len_penalty: float = 1.0
@@ -191,7 +192,7 @@ class RunSettings:
         legacy: as runs made before the keys of the other task family were left out (the
         hashes of translation runs did not change; those of NLU runs did)."""
         d = self._all() if legacy else self.to_dict()
-        for key in ("resume", "save_dir", "device", "num_threads"):
+        for key in ("resume", "save_dir", "device", "num_threads", "test"):  # not the training
             d["trainer"].pop(key, None)
         plain = TrainerSettings()
         # keys added later (NLU's, early stopping): at their defaults they leave the hashes of
@@ -344,3 +345,7 @@ def validate(s: RunSettings) -> None:
         f"tracking must be mlflow or none (got {s.tracking.backend!r})",
     )
     check_analysis(s.analysis)
+    require(
+        t.test or not s.analysis.pruning,
+        "analysis=pruning scores the test set, which trainer.test=false leaves alone: drop one",
+    )

@@ -32,6 +32,16 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> BleuResult:
     return BleuResult(score.score, str(bleu.get_signature()))
 
 
+def corpus_chrf(hypotheses: list[str], references: list[str]) -> BleuResult:
+    """Corpus chrF2 (sacreBLEU defaults: character 6-grams, beta 2) and its signature."""
+    from sacrebleu.metrics import CHRF
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    chrf = CHRF()
+    return BleuResult(chrf.corpus_score(hypotheses, [references]).score, str(chrf.get_signature()))
+
+
 def translate(
     model,
     examples: list[tuple[list[int], list[int]]],

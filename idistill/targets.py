@@ -65,6 +65,17 @@ TARGETS = {
                              for split in ("test", "dev")
                              for name, metric in (("F1", "f1"), ("EM", "exact_match"))],
         per_language="{split}/{lang}/f1"),
+    "multi30k": Target(
+        "Multi30k De->En (test_2016_flickr), trained to convergence on CPU",
+        "multi30k_converged", bleu=True,
+        columns=lambda col: [("BLEU", "test/bleu"), ("chrF2", "test/chrf"),
+                             ("best valid loss", "best/valid/loss")]),
+    "multi30k_curves": Target("Multi30k De->En: validation loss", "multi30k_converged",
+                              figure="curves"),
+    "multi30k_select": Target(
+        "Multi30k De->En: best validation loss of intra-distillation by alpha and K (seed 1)",
+        "multi30k_select", rows="method.alpha", cols="method.k", fmt=".3f",
+        columns=lambda col: [("K={col}", "best/valid/loss")]),
     "fig4": Target("Figure 4: the adaptive alpha schedule", "iwslt14", figure="alpha"),
     "fig5": Target("Figure 5: parameter sensitivity, IWSLT'14 De->En", "fig5", figure="violins",
                    columns=lambda col: SENSITIVITY_COLUMNS, fmt=".3e"),

@@ -94,6 +94,7 @@ def test_wrong_type_for_seed_is_refused(make_cfg):
         (["trainer.patience=1.5"], r"trainer.patience must be a whole number"),
         (["trainer.best_metric=chrf"], r"trainer.best_metric must be loss or bleu .*'chrf'"),
         (["trainer.valid_bleu_sentences=0"], r"trainer.valid_bleu_sentences must be >= 1"),
+        (["trainer.test=false", "analysis=pruning"], r"analysis=pruning scores the test set"),
     ],
 )
 def test_bad_values_are_refused_with_key_and_fix(make_cfg, overrides, message):
@@ -166,6 +167,8 @@ def test_a_patience_the_cap_cannot_reach_is_warned_about(make_cfg, caplog):
 def test_early_stopping_leaves_the_hash_of_runs_without_it_unchanged(make_cfg):
     plain, off = _settings(make_cfg, []), _settings(make_cfg, ["trainer.patience=0"])
     assert plain.config_hash() == off.config_hash()
+    # a run that skips its test trained the same model: one cell with the tested runs
+    assert _settings(make_cfg, ["trainer.test=false"]).cell_hash() == plain.cell_hash()
     assert _settings(make_cfg, ["trainer.patience=5"]).config_hash() != plain.config_hash()
 
 

@@ -54,7 +54,9 @@ def test_small_run_logs_metrics_params_and_bleu(make_cfg, tmp_path):
     valid = mlflow.get_metric_history(r.info.run_id, "valid/loss")
     assert [v.step for v in valid] == [3, 6]
     assert (tmp_path / "run" / "test.hyp").read_text().count("\n") == 20
-    assert read_result(tmp_path / "run")["metrics"] == {"test/bleu": result.test_bleu}
+    assert read_result(tmp_path / "run")["metrics"] == result.metrics
+    assert set(result.metrics) == {"test/bleu", "test/chrf"} and result.metrics["test/chrf"] > 0
+    assert r.data.metrics["test/chrf"] == result.metrics["test/chrf"]
 
 
 def _final_weights(save_dir):

@@ -382,3 +382,36 @@ def test_an_experiment_file_without_sweeps_is_one_cell():
     # OmegaConf.to_container)
     [cell] = grid_cells("table1", ["lang=de"])
     assert cell.settings.method.name == "self_distill"
+
+
+def test_the_multi30k_report_shows_bleu_chrf_and_best_valid_loss_with_the_bootstrap(tmp_path):
+    # the converged Multi30k protocol's tables, on the synthetic task with a tiny budget
+    shared = [*SYNTHETIC, f"data_dir={tmp_path / 'data'}",
+              f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "seed=1"]  # fmt: skip
+    for method in ("baseline", "intra_distill"):
+        _train(["experiment=multi30k_converged", *shared, f"method={method}"], tmp_path / method)
+    select = ["experiment=multi30k_select", *shared, "method.alpha=2", "method.k=2"]
+    _train(select, tmp_path / "select")
+    runs = {
+        r.data.tags["method"] + r.data.params["method.k"]: r
+        for r in _runs(shared[-2].split("=", 1)[1])
+    }
+    assert "test/bleu" not in runs["intra_distill2"].data.metrics  # selection: no test set
+
+    table = compose_report("multi30k", shared, tmp_path / "out", bootstrap=100, track=False)
+    [main] = [t for t in table.tables if t.title.startswith("Multi30k")]
+    assert main.headers == ["BLEU", "chrF2", "best valid loss"]
+    rows = dict(main.rows)
+    for method, key in (("baseline", "baseline1"), ("intra_distill", "intra_distill3")):
+        logged = runs[key].data.metrics
+        bleu, chrf, valid = rows[method]
+        assert bleu.values == [pytest.approx(logged["test/bleu"])]
+        assert chrf.values == [pytest.approx(logged["test/chrf"])] and 0 < chrf.mean <= 100
+        assert valid.values == [pytest.approx(logged["best/valid/loss"])]
+    assert rows["baseline"][0].p_value is None and 0 <= rows["intra_distill"][0].p_value <= 1
+
+    narrow = [*shared, "method.alpha=2", "method.k=2"]
+    chosen = compose_report("multi30k_select", narrow, tmp_path / "sel", track=False)
+    [(alpha, [value])] = chosen.tables[0].rows
+    assert alpha == "2" and chosen.tables[0].headers == ["K=2"]
+    assert value.values == [pytest.approx(runs["intra_distill2"].data.metrics["best/valid/loss"])]

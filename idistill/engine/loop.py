@@ -15,7 +15,7 @@ import torch
 from idistill import checkpoint, distributed
 from idistill.config import RunSettings
 from idistill.engine.device import rng_state
-from idistill.engine.recipe import Recipe
+from idistill.engine.recipe import Recipe, TestResult
 from idistill.engine.run import Run, start
 from idistill.engine.step import NonFiniteLoss, StepStats, step
 from idistill.schedule import alpha_at, learning_rate
@@ -248,7 +248,10 @@ def _test(run: Run, out_dir: Path, progress: bool) -> FitResult:
     st, recipe = run.state, run.recipe
     best = checkpoint.load(run.save_dir / checkpoint.BEST, run.device)
     run.model.load_state_dict(best["model"])
-    result = recipe.test(run.model, out_dir, run.tracker, progress)
+    if run.s.trainer.test:
+        result = recipe.test(run.model, out_dir, run.tracker, progress)
+    else:  # tuning on validation: the test set stays unseen
+        result = TestResult({}, None)
     run.tracker.log_metrics(
         {**result.metrics, f"best/{recipe.selection.metric}": st.best}, step=st.update
     )

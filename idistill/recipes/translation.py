@@ -18,7 +18,7 @@ from idistill.engine.device import to_device
 from idistill.engine.recipe import Recipe, TestResult
 from idistill.engine.state import Selection
 from idistill.engine.step import LossFn
-from idistill.evaluate import corpus_bleu, translate
+from idistill.evaluate import corpus_bleu, corpus_chrf, translate
 from idistill.intra import IntraLoss, fused_intra_distill_loss, intra_distill_loss
 from idistill.losses import LabelSmoothedCE, label_smoothed_nll_loss
 from idistill.models.encoder import is_encoder
@@ -240,14 +240,15 @@ class TranslationRecipe(Recipe):
         test.ref as artifacts (idistill-report's paired bootstrap needs both sides)."""
         test, refs = self._test_set()
         hyps = self._translate(model, test, progress)
-        bleu = corpus_bleu(hyps, refs)
+        bleu, chrf = corpus_bleu(hyps, refs), corpus_chrf(hyps, refs)
         for name, lines in (("test.hyp", hyps), ("test.ref", refs)):
             path = out_dir / name
             path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
             tracker.log_artifact(path)
-        tracker.set_tags({"sacrebleu.signature": bleu.signature})
-        log.info("test BLEU %.2f (%s)", bleu.score, bleu.signature)
-        return TestResult({"test/bleu": bleu.score}, bleu.score, {"bleu_signature": bleu.signature})
+        tracker.set_tags({"sacrebleu.signature": bleu.signature, "chrf.signature": chrf.signature})
+        log.info("test BLEU %.2f (%s), chrF2 %.2f", bleu.score, bleu.signature, chrf.score)
+        metrics = {"test/bleu": bleu.score, "test/chrf": chrf.score}
+        return TestResult(metrics, bleu.score, {"bleu_signature": bleu.signature})
 
     def pruning_metric(self, model):
         test, refs = self._test_set()
