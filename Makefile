@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # CPU wheel of torch for machines without a GPU; GPU users: TORCH="torch>=2.3" (or your build)
 TORCH  ?= torch==2.13.0
-HOST   ?= 127.0.0.1
+# `make ui` listens on this machine only; UI_HOST=0.0.0.0 to serve the network on purpose (a
+# plain HOST is not read: some shells export the host name as HOST)
+UI_HOST ?= 127.0.0.1
 PORT   ?= 5000
 
 # Another allocator for the benchmark, e.g. Debian's libjemalloc2:
@@ -49,7 +51,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 ui: install  ## browse the runs of ./mlflow.db in the MLflow UI on http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host $(HOST) --port $(PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host $(UI_HOST) --port $(PORT)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
