@@ -28,6 +28,15 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def remove_stale_temporaries(save_dir: Path) -> list[Path]:
+    """Delete the half-written checkpoints (`*.tmp`, each as large as a checkpoint) that a
+    killed atomic_save or write_meta left in `save_dir`; call it before the run writes there."""
+    stale = sorted(save_dir.glob("checkpoint_*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def write_meta(save_dir: Path, meta: dict[str, Any]) -> None:
     """A small JSON beside the last checkpoint, so resume can find runs without loading them."""
     tmp = save_dir / (META + ".tmp")

@@ -217,11 +217,32 @@ class RunSettings:
         return list(dict.fromkeys([of(), of(legacy=True)]))
 
 
+# what a numeric or boolean setting must be, by its annotation (`from __future__` makes them
+# strings); the message names it
+_KINDS = {"int": ((int,), "a whole number"), "float": ((int, float), "a number"),
+          "bool": ((bool,), "true or false")}  # fmt: skip
+
+
+def _check_types(cls, values: dict[str, Any], prefix: str) -> None:
+    """`trainer.lr=abc` is refused by name before anything runs, not met as a TypeError later."""
+    for f in dataclasses.fields(cls):
+        base, optional = f.type.removesuffix(" | None"), f.type.endswith(" | None")
+        if f.name not in values or base not in _KINDS:
+            continue
+        value, (types, what) = values[f.name], _KINDS[base]
+        if optional and value is None:
+            continue
+        ok = isinstance(value, types) and (base == "bool") == isinstance(value, bool)
+        require(ok, f"{prefix}.{f.name} must be {what}{' or null' if optional else ''} "
+                    f"(got {value!r})")  # fmt: skip
+
+
 def _section(cls, values: dict[str, Any], prefix: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown key {prefix}.{unknown[0]} (valid: {', '.join(sorted(known))})")
+    _check_types(cls, values, prefix)
     floats = {f.name for f in dataclasses.fields(cls) if f.type in ("float", "float | None")}
     # `method.alpha=1` on the command line arrives as an int: log and hash it as 1.0
     values = {k: float(v) if k in floats and isinstance(v, int) else v for k, v in values.items()}
@@ -244,18 +265,22 @@ def settings_from_dict(cfg: dict[str, Any]) -> RunSettings:
         f"unknown top-level key {unknown[0] if unknown else ''!r} (valid: "
         f"{', '.join(sorted(top))})",
     )
+    trainer = dict(cfg["trainer"])
+    trainer["betas"] = tuple(trainer.get("betas", (0.9, 0.98)))
+    # the trainer first: schedule.total_updates is ${trainer.max_updates}, and a bad value
+    # is reported under the key the user typed
+    trainer_settings = _section(TrainerSettings, trainer, "trainer")
     method = dict(cfg["method"])
     method["divergence"] = cfg["divergence"]["name"]
     schedule = dict(cfg["schedule"])
     method["schedule"] = schedule.pop("name")
+    _check_types(MethodSettings, schedule, "schedule")  # p, q, total_updates
     method.update(schedule)
-    trainer = dict(cfg["trainer"])
-    trainer["betas"] = tuple(trainer.get("betas", (0.9, 0.98)))
     settings = RunSettings(
         task=dict(cfg["task"]),
         model=dict(cfg["model"]),
         method=_section(MethodSettings, method, "method"),
-        trainer=_section(TrainerSettings, trainer, "trainer"),
+        trainer=trainer_settings,
         tracking=_section(TrackingSettings, dict(cfg["tracking"]), "tracking"),
         analysis=_section(AnalysisSettings, dict(cfg.get("analysis") or {}), "analysis"),
         lang=cfg.get("lang"),
@@ -274,6 +299,8 @@ def validate(s: RunSettings) -> None:
 
     m, t = s.method, s.trainer
     task_type = s.task.get("type", "translation")
+    # before the method's checks: schedule.total_updates is ${trainer.max_updates}
+    require(t.max_updates > 0, f"trainer.max_updates must be > 0 (got {t.max_updates})")
     check_settings(s)  # what the task family's recipe needs (model, batching, heads)
     require(isinstance(m.k, int) and m.k >= 1, f"method.k must be >= 1 (got {m.k})")
     require(m.alpha >= 0, f"method.alpha must be >= 0 (got {m.alpha})")
@@ -322,10 +349,16 @@ def validate(s: RunSettings) -> None:
             s.lang in langs,
             f"task={s.task['name']} needs lang=<one of {', '.join(langs)}> (got {s.lang})",
         )
-    require(t.max_updates > 0, f"trainer.max_updates must be > 0 (got {t.max_updates})")
     require(t.update_freq >= 1, f"trainer.update_freq must be >= 1 (got {t.update_freq})")
     require(t.warmup_updates >= 1, f"trainer.warmup_updates must be >= 1 (got {t.warmup_updates})")
     require(t.lr > 0, f"trainer.lr must be > 0 (got {t.lr})")
+    require(t.log_every >= 1, f"trainer.log_every must be >= 1 (got {t.log_every})")
+    require(t.validate_every >= 0, f"trainer.validate_every must be >= 0, 0: every epoch "
+                                   f"(got {t.validate_every})")  # fmt: skip
+    require(t.max_epochs is None or t.max_epochs >= 1,
+            f"trainer.max_epochs must be >= 1 or null (got {t.max_epochs})")  # fmt: skip
+    require(t.num_threads is None or t.num_threads >= 1,
+            f"trainer.num_threads must be >= 1 or null (got {t.num_threads})")  # fmt: skip
     check_patience(t.patience, t.max_updates, t.validate_every)
     require(t.beam >= 1, f"trainer.beam must be >= 1 (got {t.beam})")
     require(

@@ -8,7 +8,14 @@ import os
 import pytest
 import torch
 
-from idistill.checkpoint import LAST, META, find_resumable, load
+from idistill.checkpoint import (
+    LAST,
+    META,
+    atomic_save,
+    find_resumable,
+    load,
+    remove_stale_temporaries,
+)
 
 
 def _run(folder, config_hash, finished=False):
@@ -45,3 +52,14 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
     torch.save({"model": {"w": torch.ones(2)}, "update": 3}, tmp_path / "ok.pt")
     assert load(tmp_path / "ok.pt")["update"] == 3
+
+
+def test_half_written_checkpoints_of_a_killed_run_are_removed(tmp_path):
+    atomic_save({"update": 1}, tmp_path / LAST)
+    stale = [tmp_path / f"{LAST}.k3j2.tmp", tmp_path / f"{META}.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    assert remove_stale_temporaries(tmp_path) == sorted(stale)
+    assert not any(p.exists() for p in stale) and (tmp_path / "notes.tmp").exists()
+    assert load(tmp_path / LAST)["update"] == 1

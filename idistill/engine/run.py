@@ -63,6 +63,8 @@ def start(recipe: Recipe, s: RunSettings, out_dir: Path, tracker, resume_dir: Pa
     random.seed(s.seed)
     save_dir = resume_dir or Path(t.save_dir or out_dir / "checkpoints")
     save_dir.mkdir(parents=True, exist_ok=True)
+    for path in checkpoint.remove_stale_temporaries(save_dir):
+        log.warning("removed %s, a checkpoint a killed run left half-written", path)
     tracker.set_tags({CHECKPOINT_TAG: str(save_dir.resolve())})  # a later teacher= finds it
 
     model, optimizer = recipe.setup(device, amp, tracker)
