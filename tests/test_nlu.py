@@ -342,6 +342,16 @@ def test_translation_refuses_an_encoder_and_nlu_trainer_keys(make_cfg):
         _settings(make_cfg, ["trainer.lr_schedule=linear"])
 
 
+@pytest.mark.parametrize("task", ["task=glue glue_task=rte", "task=ner", "task=tydiqa"])
+def test_nlu_tasks_bring_the_fine_tuning_trainer_unless_one_is_named(make_cfg, task):
+    s = _settings(make_cfg, [*task.split(), "model=minilm_local"])
+    assert (s.trainer.batch_size, s.trainer.optimizer, s.trainer.lr_schedule) == (
+        32, "adamax", "linear",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="batches by examples: add trainer=finetune"):
+        _settings(make_cfg, [*task.split(), "model=minilm_local", "trainer=default"])
+
+
 def test_glue_alpha_per_task_comes_from_the_task_unless_given(make_cfg):
     alphas = {
         g: _settings(make_cfg, ["experiment=table4", f"glue_task={g}"]).method.alpha
