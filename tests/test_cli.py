@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,24 @@ def test_plain_wheel_composes_configs_from_another_directory(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "embed_dim: 128" in out.stdout
+
+
+@pytest.mark.slow
+def test_building_the_wheel_prints_no_packaging_warnings(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    for warning in ("Package would be ignored", "BuildBackendWarning", "deprecated"):
+        assert warning not in log, warning
+    [wheel] = tmp_path.glob("idistill-*.whl")
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {
+        f"idistill/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")
+    }
+    assert configs <= names and "idistill/conf/task/glue.yaml" in names
