@@ -255,12 +255,8 @@ class NLURecipe(Recipe):
         return self._scores(model, [self.data.select_on])
 
     def analysis_batches(self, n: int) -> list[dict]:
-        """A fixed sample: an order training never uses."""
-        order = np.random.default_rng([self.s.seed, 0]).permutation(len(self.train_set))
-        size = self.s.trainer.batch_size
-        return [
-            self.collate(order[lo : lo + size]) for lo in range(0, min(len(order), n * size), size)
-        ]
+        """A fixed sample: epoch 0's order, which training never uses."""
+        return [self.collate(idx) for idx in self.epoch_batches(0)[:n]]
 
     def test(self, model, out_dir: Path, tracker, progress: bool) -> TestResult:
         """Every eval set with the best checkpoint; test predictions as files."""

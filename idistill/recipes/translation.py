@@ -209,10 +209,7 @@ class TranslationRecipe(Recipe):
 
     def analysis_batches(self, n: int) -> list[dict]:
         """A fixed random sample: epoch 0's order, which training never uses."""
-        lens = self.train_set.src_lens + 1, self.train_set.tgt_lens + 1
-        t = self.s.trainer
-        order = token_batches(*lens, t.max_tokens, shuffle=True, seed=self.s.seed, epoch=0)
-        return [self.collate(idx) for idx in order[:n]]
+        return [self.collate(idx) for idx in self.epoch_batches(0)[:n]]
 
     def _test_set(self):
         test, refs = self.data.splits["test"], self.data.references["test"]
