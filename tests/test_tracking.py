@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from idistill.tracking import MlflowTracker, NullTracker, client, flatten, make_tracker
+from idistill import tracking
+from idistill.cli.sync import main as sync_main
+from idistill.tracking import MlflowTracker, NullTracker, client, flatten, journals, make_tracker
 
 
 def _free_port() -> int:
@@ -57,8 +59,36 @@ def test_resumed_tracker_continues_the_same_run(tmp_path):
     first.finish("KILLED")
     again = MlflowTracker(uri, "synthetic", run_id=first.run_id)
     again.log_metrics({"train/loss": 1.0}, step=5)
+    again.finish("FINISHED")
     assert again.run_id == first.run_id
-    assert client(uri).get_run(first.run_id).info.status == "RUNNING"
+    assert client(uri).get_run(first.run_id).data.metrics["train/loss"] == 1.0
+    assert len(client(uri).search_runs([client(uri).get_run(first.run_id).info.experiment_id])) == 1
+
+
+def test_a_resumed_run_logs_each_metric_point_once(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MlflowTracker(uri, "synthetic", journal_dir=tmp_path / "ckpt")
+    for step in range(1, 6):  # killed after step 5; its checkpoint was at step 2
+        first.log_metrics({"train/loss": 10.0 - step}, step=step)
+    first.delivery.drain(10)  # (a kill -9 would leave them to the journal alone)
+    again = MlflowTracker(uri, "synthetic", journal_dir=tmp_path / "ckpt", resuming=True)
+    for step in range(3, 8):  # the resumed run retrains from step 3
+        again.log_metrics({"train/loss": 10.0 - step, "train/new": 1.0}, step=step)
+    again.finish()
+    history = client(uri).get_metric_history(first.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6, 7]
+    assert len(client(uri).get_metric_history(first.run_id, "train/new")) == 5
+    assert again.run_id == first.run_id
+
+
+def test_a_new_run_in_an_old_runs_folder_gets_its_own_mlflow_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MlflowTracker(uri, "synthetic", journal_dir=tmp_path / "ckpt")
+    first.finish()
+    second = MlflowTracker(uri, "synthetic", journal_dir=tmp_path / "ckpt")
+    second.finish()
+    assert second.run_id != first.run_id
+    assert journals(tmp_path) == [tmp_path / "ckpt", *(tmp_path / "ckpt").glob("replaced-*")]
 
 
 def test_none_backend_gives_the_null_tracker():
@@ -74,9 +104,8 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = _free_port()
+def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:port over a SQLite store in tmp_path."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -102,35 +131,131 @@ def mlflow_server(tmp_path):
     while time.time() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return proc
         except OSError:
             time.sleep(0.3)
-    else:
-        _kill(proc)
-        pytest.fail("mlflow server did not start within 60 s")
-    yield f"http://127.0.0.1:{port}", proc
     _kill(proc)
+    pytest.fail("mlflow server did not start within 60 s")
 
 
-def test_tracking_outage_is_logged_and_training_goes_on(mlflow_server, caplog, monkeypatch):
-    uri, proc = mlflow_server
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    tracker = MlflowTracker(uri, "synthetic")
+@pytest.fixture
+def quick_retries(monkeypatch):
+    """A circuit breaker that tries again within a second, and short final flushes."""
+    monkeypatch.setattr(tracking, "RETRY_S", (0.2, 1.0))
+    monkeypatch.setattr(tracking, "FLUSH_S", 5.0)
+    monkeypatch.setattr(tracking, "FIRST_CONTACT_S", 3.0)
+
+
+def _wait_until(condition, seconds: float = 30) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_server_outage_costs_nothing_and_mlflow_gets_everything_when_it_returns(
+    tmp_path, quick_retries, caplog
+):
+    port = _free_port()
+    server = _mlflow_server(tmp_path, port)
+    uri = f"http://127.0.0.1:{port}"
+    tracker = MlflowTracker(uri, "synthetic", journal_dir=tmp_path / "ckpt")
     tracker.log_metrics({"train/loss": 3.0}, step=1)
-    _kill(proc)
-    tracker.log_metrics({"train/loss": 2.0}, step=2)  # must not raise
+    assert _wait_until(lambda: tracker.delivery.pending() == 0)
+    _kill(server)
+    started = time.perf_counter()
+    for step in range(2, 52):
+        tracker.log_metrics({"train/loss": 3.0 - step / 100}, step=step)
+    assert time.perf_counter() - started < 2.0  # not 50 HTTP timeouts
+    assert _wait_until(lambda: "failed" in caplog.text)
+    server = _mlflow_server(tmp_path, port)  # back, with the same store
+    try:
+        tracker.finish("FINISHED")
+        history = client(uri).get_metric_history(tracker.run_id, "train/loss")
+        assert sorted(m.step for m in history) == list(range(1, 52))
+        assert client(uri).get_run(tracker.run_id).info.status == "FINISHED"
+    finally:
+        _kill(server)
+
+
+def test_a_hung_server_does_not_stall_training(tmp_path, quick_retries):
+    with socket.socket() as hung:  # accepts connections, never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)
+        uri = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        started = time.perf_counter()
+        tracker = MlflowTracker(uri, "synthetic", journal_dir=tmp_path / "ckpt")
+        for step in range(100):
+            tracker.log_metrics({"train/loss": 1.0}, step=step)
+        tracker.finish("FINISHED")
+        # the old tracker blocked ~63 s a call; now: the first contact, then one final try
+        assert time.perf_counter() - started < tracking.FIRST_CONTACT_S + tracking.FLUSH_S + 3
+    assert tracker.run_id is None
+    assert len(tracking.Journal(tmp_path / "ckpt").events) == 102  # start, 100 points, finish
+
+
+def test_idistill_sync_delivers_a_run_journaled_while_mlflow_was_down(tmp_path, quick_retries):
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    tracker = MlflowTracker(uri, "synthetic", run_name="offline", journal_dir=tmp_path / "run")
+    tracker.log_params({"method": {"k": 3}})
+    tracker.log_metrics({"train/loss": 2.0}, step=10)
+    (tmp_path / "test.hyp").write_text("a hypothesis\n")
+    tracker.log_artifact(tmp_path / "test.hyp")
     tracker.finish("FINISHED")
-    assert "MLflow log_metrics failed" in caplog.text
+    assert tracker.run_id is None  # nothing reached a server
+    server = _mlflow_server(tmp_path, port)
+    try:
+        assert sync_main([str(tmp_path), "--uri", uri]) == 0
+        assert sync_main([str(tmp_path), "--uri", uri]) == 0  # a second sync sends nothing new
+        (run,) = client(uri).search_runs(
+            [client(uri).get_experiment_by_name("synthetic").experiment_id]
+        )
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == "offline"
+        assert run.data.params["method.k"] == "3"
+        assert len(client(uri).get_metric_history(run.info.run_id, "train/loss")) == 1
+        assert [f.path for f in client(uri).list_artifacts(run.info.run_id)] == ["test.hyp"]
+    finally:
+        _kill(server)
 
 
-def test_unreachable_server_at_start_runs_untracked(monkeypatch):
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    tracker = make_tracker("mlflow", f"http://127.0.0.1:{_free_port()}", "synthetic")
-    assert isinstance(tracker, NullTracker)
+def test_a_torn_journal_line_is_skipped_and_the_journal_goes_on(tmp_path):
+    journal = tracking.Journal(tmp_path)
+    journal.append({"op": "metrics", "metrics": {"a": 1.0}, "step": 1, "time": 0})
+    with open(tmp_path / tracking.JOURNAL, "a") as f:
+        f.write('{"op": "metr')  # killed mid-write
+    again = tracking.Journal(tmp_path)
+    again.append({"op": "metrics", "metrics": {"a": 2.0}, "step": 2, "time": 0})
+    assert [e["step"] for e in tracking.Journal(tmp_path).events] == [1, 2]
+
+
+RACE = """
+import sys
+from idistill.tracking import client, ensure_experiment
+c = client(sys.argv[1])
+print(ensure_experiment(c, "race"))
+"""
+
+
+def test_two_processes_opening_a_fresh_sqlite_store_at_once_both_succeed(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err.decode()[-2000:]
+    assert outs[0][0] == outs[1][0]  # one experiment, the same id for both
 
 
 def test_git_commit_tag_is_set_in_a_checkout(tmp_path):
     tracker = MlflowTracker(f"sqlite:///{tmp_path / 'm.db'}", "synthetic")
+    tracker.finish()
     tags = client(f"sqlite:///{tmp_path / 'm.db'}").get_run(tracker.run_id).data.tags
     if (Path(__file__).resolve().parents[1] / ".git").exists():
         assert len(tags["mlflow.source.git.commit"]) == 40
