@@ -6,6 +6,7 @@ The library takes these dataclasses; only `cli/` knows they came from Hydra.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -45,7 +46,41 @@ LATER_KEYS = (
 
 
 class ConfigError(ValueError):
-    """A setting that cannot work; the message names the key and the fix."""
+    """Settings that cannot work: one message per problem, each naming the key and the fix."""
+
+    def __init__(self, *problems: str):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+def unknown_key(key: str, known) -> str:
+    """The refusal of a mistyped key: `unknown key method.alpah (did you mean method.alpha?)`
+    (difflib's nearest known name), or the valid keys where none is near."""
+    prefix, _, name = key.rpartition(".")
+    what = "unknown key" if prefix else "unknown top-level key"
+    near = difflib.get_close_matches(name, sorted(known), n=1)
+    if near:
+        return f"{what} {key} (did you mean {prefix + '.' if prefix else ''}{near[0]}?)"
+    return f"{what} {key} (valid: {', '.join(sorted(known))})"
+
+
+class _Problems(list):
+    """What is wrong with a config, gathered so that one refusal names all of it."""
+
+    def require(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.append(message)
+
+    def check(self, check, *args) -> None:
+        """Run a check that raises ConfigError; its problems join the others."""
+        try:
+            check(*args)
+        except ConfigError as e:
+            self.extend(e.problems)
+
+    def raise_any(self) -> None:
+        if self:
+            raise ConfigError(*self)
 
 
 @dataclass
@@ -169,6 +204,18 @@ class RunSettings:
         return f"{self.task['name']}-{self.lang}" if self.lang else self.task["name"]
 
     @property
+    def run_name(self) -> str:
+        """What ran, as the MLflow run's name: `iwslt14-de intra_distill K3 a5 s1`; a method
+        that runs one pass without a consistency term (baseline, switch, ...) has no K and alpha."""
+        task = self.task["name"]
+        variant = self.lang or self.task.get("glue_task")
+        parts = [f"{task}-{variant}" if variant else task, self.method.name]
+        m = self.method
+        if not (m.k == 1 and m.alpha == 0):
+            parts += [f"K{m.k}", f"a{m.alpha:g}"]
+        return " ".join([*parts, f"s{self.seed}"])
+
+    @property
     def family(self) -> str:
         """translation, or nlu: fine-tuning a pretrained encoder (task.type: nlu)."""
         return "nlu" if self.task.get("type") == "nlu" else "translation"
@@ -223,8 +270,9 @@ _KINDS = {"int": ((int,), "a whole number"), "float": ((int, float), "a number")
           "bool": ((bool,), "true or false")}  # fmt: skip
 
 
-def _check_types(cls, values: dict[str, Any], prefix: str) -> None:
+def _type_problems(cls, values: dict[str, Any], prefix: str) -> list[str]:
     """`trainer.lr=abc` is refused by name before anything runs, not met as a TypeError later."""
+    problems = _Problems()
     for f in dataclasses.fields(cls):
         base, optional = f.type.removesuffix(" | None"), f.type.endswith(" | None")
         if f.name not in values or base not in _KINDS:
@@ -233,16 +281,19 @@ def _check_types(cls, values: dict[str, Any], prefix: str) -> None:
         if optional and value is None:
             continue
         ok = isinstance(value, types) and (base == "bool") == isinstance(value, bool)
-        require(ok, f"{prefix}.{f.name} must be {what}{' or null' if optional else ''} "
-                    f"(got {value!r})")  # fmt: skip
+        problems.require(ok, f"{prefix}.{f.name} must be {what}{' or null' if optional else ''} "
+                             f"(got {value!r})")  # fmt: skip
+    return problems
 
 
-def _section(cls, values: dict[str, Any], prefix: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown key {prefix}.{unknown[0]} (valid: {', '.join(sorted(known))})")
-    _check_types(cls, values, prefix)
+def _section_problems(cls, values: dict[str, Any], prefix: str, known=None) -> list[str]:
+    """Unknown keys (with the nearest known one) and values of the wrong type."""
+    known = known or {f.name for f in dataclasses.fields(cls)}
+    unknown = [unknown_key(f"{prefix}.{key}", known) for key in sorted(set(values) - set(known))]
+    return unknown + _type_problems(cls, values, prefix)
+
+
+def _build(cls, values: dict[str, Any]):
     floats = {f.name for f in dataclasses.fields(cls) if f.type in ("float", "float | None")}
     # `method.alpha=1` on the command line arrives as an int: log and hash it as 1.0
     values = {k: float(v) if k in floats and isinstance(v, int) else v for k, v in values.items()}
@@ -255,34 +306,39 @@ def require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+TOP_KEYS = ("task", "model", "method", "divergence", "schedule", "trainer", "tracking", "analysis",
+            "lang", "seed", "data_dir", "glue_task")  # glue_task: read by task=glue  # fmt: skip
+SCHEDULE_KEYS = ("p", "q", "total_updates")  # besides its name; MethodSettings holds them
+
+
 def settings_from_dict(cfg: dict[str, Any]) -> RunSettings:
-    """Build and check the run settings from the resolved config (a plain dict)."""
-    top = {"task", "model", "method", "divergence", "schedule", "trainer", "tracking", "analysis"}
-    top |= {"lang", "seed", "data_dir", "glue_task"}  # glue_task: read by task=glue
-    unknown = sorted(set(cfg) - top)
-    require(
-        not unknown,
-        f"unknown top-level key {unknown[0] if unknown else ''!r} (valid: "
-        f"{', '.join(sorted(top))})",
-    )
+    """Build and check the run settings from the resolved config (a plain dict); a refusal
+    names every problem at once."""
+    problems = _Problems(unknown_key(key, TOP_KEYS) for key in sorted(set(cfg) - set(TOP_KEYS)))
     trainer = dict(cfg["trainer"])
     trainer["betas"] = tuple(trainer.get("betas", (0.9, 0.98)))
-    # the trainer first: schedule.total_updates is ${trainer.max_updates}, and a bad value
-    # is reported under the key the user typed
-    trainer_settings = _section(TrainerSettings, trainer, "trainer")
+    problems += _section_problems(TrainerSettings, trainer, "trainer")
     method = dict(cfg["method"])
+    problems += _section_problems(MethodSettings, method, "method")
     method["divergence"] = cfg["divergence"]["name"]
     schedule = dict(cfg["schedule"])
     method["schedule"] = schedule.pop("name")
-    _check_types(MethodSettings, schedule, "schedule")  # p, q, total_updates
-    method.update(schedule)
+    # schedule.total_updates is ${trainer.max_updates}: a bad value is the trainer's, the key
+    # the user typed, and reported once
+    typed = {k: v for k, v in schedule.items()
+             if not (k == "total_updates" and v == trainer.get("max_updates"))}  # fmt: skip
+    problems += _section_problems(MethodSettings, typed, "schedule", SCHEDULE_KEYS)
+    problems += _section_problems(TrackingSettings, dict(cfg["tracking"]), "tracking")
+    analysis = dict(cfg.get("analysis") or {})
+    problems += _section_problems(AnalysisSettings, analysis, "analysis")
+    problems.raise_any()
     settings = RunSettings(
         task=dict(cfg["task"]),
         model=dict(cfg["model"]),
-        method=_section(MethodSettings, method, "method"),
-        trainer=trainer_settings,
-        tracking=_section(TrackingSettings, dict(cfg["tracking"]), "tracking"),
-        analysis=_section(AnalysisSettings, dict(cfg.get("analysis") or {}), "analysis"),
+        method=_build(MethodSettings, method | schedule),
+        trainer=_build(TrainerSettings, trainer),
+        tracking=_build(TrackingSettings, dict(cfg["tracking"])),
+        analysis=_build(AnalysisSettings, analysis),
         lang=cfg.get("lang"),
         seed=int(cfg.get("seed", 1)),
         data_dir=Path(str(cfg.get("data_dir", "~/.cache/idistill"))).expanduser(),
@@ -292,93 +348,130 @@ def settings_from_dict(cfg: dict[str, Any]) -> RunSettings:
 
 
 def validate(s: RunSettings) -> None:
-    """Refuse settings that cannot work, naming the key and the fix; touches no data."""
+    """Refuse settings that cannot work, naming every problem's key and fix; touches no data."""
     from idistill.analysis.analyse import check_analysis
     from idistill.engine.state import check_patience
     from idistill.recipes import check_settings
 
     m, t = s.method, s.trainer
     task_type = s.task.get("type", "translation")
-    # before the method's checks: schedule.total_updates is ${trainer.max_updates}
-    require(t.max_updates > 0, f"trainer.max_updates must be > 0 (got {t.max_updates})")
-    check_settings(s)  # what the task family's recipe needs (model, batching, heads)
-    require(isinstance(m.k, int) and m.k >= 1, f"method.k must be >= 1 (got {m.k})")
-    require(m.alpha >= 0, f"method.alpha must be >= 0 (got {m.alpha})")
-    require(
+    problems = _Problems()
+    problems.require(t.max_updates > 0, f"trainer.max_updates must be > 0 (got {t.max_updates})")
+    problems.check(check_settings, s)  # what the task family's recipe needs (model, batching)
+    problems.require(isinstance(m.k, int) and m.k >= 1, f"method.k must be >= 1 (got {m.k})")
+    problems.require(m.alpha >= 0, f"method.alpha must be >= 0 (got {m.alpha})")
+    problems.require(
         isinstance(m.rounds, int) and m.rounds >= 1, f"method.rounds must be >= 1 (got {m.rounds})"
     )
-    require(
+    problems.require(
         m.optimizer in OPTIMIZERS,
         f"method.optimizer must be one of {', '.join(OPTIMIZERS)} (got {m.optimizer!r})",
     )
-    require(0 <= m.beta3 < 1, f"method.beta3 must be in [0, 1) (got {m.beta3})")
-    require(
+    problems.require(0 <= m.beta3 < 1, f"method.beta3 must be in [0, 1) (got {m.beta3})")
+    problems.require(
         m.teacher is None or m.name == "self_distill",
         f"method.teacher is for method=self_distill (got method={m.name})",
     )
-    require(m.passes in PASSES, f"method.passes must be one of {PASSES} (got {m.passes!r})")
-    require(
+    problems.require(
+        m.passes in PASSES, f"method.passes must be one of {PASSES} (got {m.passes!r})"
+    )
+    problems.require(
         m.divergence in DIVERGENCES,
         f"divergence must be one of {DIVERGENCES} (got {m.divergence!r})",
     )
-    require(m.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES} (got {m.schedule!r})")
+    problems.require(
+        m.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES} (got {m.schedule!r})"
+    )
     if m.schedule == "adaptive":
         try:
             validate_adaptive(m.p, m.q)
         except ValueError as e:
-            raise ConfigError(str(e)) from None
-        require(m.total_updates > 0, f"schedule.total_updates must be > 0 (got {m.total_updates})")
-    require(task_type in TASK_TYPES, f"task.type must be one of {TASK_TYPES} (got {task_type!r})")
+            problems.append(str(e))
+        # schedule.total_updates is ${trainer.max_updates}: reported once, as the trainer's
+        problems.require(
+            m.total_updates > 0 or m.total_updates == t.max_updates,
+            f"schedule.total_updates must be > 0 (got {m.total_updates})",
+        )
+    problems.require(
+        task_type in TASK_TYPES, f"task.type must be one of {TASK_TYPES} (got {task_type!r})"
+    )
     if task_type == "nlu":
         pass  # the head decides (recipes.nlu.check_settings)
     elif task_type == "regression":
-        require(
+        problems.require(
             m.divergence == "mse",
             f"divergence={m.divergence} needs probabilities; task {s.task['name']} is a "
             "regression task: use divergence=mse",
         )
     else:
-        require(
+        problems.require(
             m.divergence in CLASSIFICATION_DIVERGENCES,
             f"divergence=mse is for regression outputs; task {s.task['name']} is "
             f"{task_type}: use divergence=x (or js, jeffrey)",
         )
-    langs = s.task.get("langs")
-    if langs:
-        require(
-            s.lang in langs,
-            f"task={s.task['name']} needs lang=<one of {', '.join(langs)}> (got {s.lang})",
-        )
-    require(t.update_freq >= 1, f"trainer.update_freq must be >= 1 (got {t.update_freq})")
-    require(t.warmup_updates >= 1, f"trainer.warmup_updates must be >= 1 (got {t.warmup_updates})")
-    require(t.lr > 0, f"trainer.lr must be > 0 (got {t.lr})")
-    require(t.log_every >= 1, f"trainer.log_every must be >= 1 (got {t.log_every})")
-    require(t.validate_every >= 0, f"trainer.validate_every must be >= 0, 0: every epoch "
-                                   f"(got {t.validate_every})")  # fmt: skip
-    require(t.max_epochs is None or t.max_epochs >= 1,
-            f"trainer.max_epochs must be >= 1 or null (got {t.max_epochs})")  # fmt: skip
-    require(t.num_threads is None or t.num_threads >= 1,
-            f"trainer.num_threads must be >= 1 or null (got {t.num_threads})")  # fmt: skip
-    check_patience(t.patience, t.max_updates, t.validate_every)
-    require(t.beam >= 1, f"trainer.beam must be >= 1 (got {t.beam})")
-    require(
+    problems.check(check_task_keys, s)
+    problems.require(t.update_freq >= 1, f"trainer.update_freq must be >= 1 (got {t.update_freq})")
+    problems.require(
+        t.warmup_updates >= 1, f"trainer.warmup_updates must be >= 1 (got {t.warmup_updates})"
+    )
+    problems.require(t.lr > 0, f"trainer.lr must be > 0 (got {t.lr})")
+    problems.require(t.log_every >= 1, f"trainer.log_every must be >= 1 (got {t.log_every})")
+    problems.require(
+        t.validate_every >= 0,
+        f"trainer.validate_every must be >= 0, 0: every epoch (got {t.validate_every})",
+    )
+    problems.require(
+        t.max_epochs is None or t.max_epochs >= 1,
+        f"trainer.max_epochs must be >= 1 or null (got {t.max_epochs})",
+    )
+    problems.require(
+        t.num_threads is None or t.num_threads >= 1,
+        f"trainer.num_threads must be >= 1 or null (got {t.num_threads})",
+    )
+    problems.check(check_patience, t.patience, t.max_updates, t.validate_every)
+    problems.require(t.beam >= 1, f"trainer.beam must be >= 1 (got {t.beam})")
+    problems.require(
         t.device in ("auto", "cpu", "cuda"),
         f"trainer.device must be auto, cpu or cuda (got {t.device!r})",
     )
-    require(
+    problems.require(
         t.precision in PRECISIONS,
         f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {t.precision!r})",
     )
-    require(
+    problems.require(
         t.compile in COMPILE,
         f"trainer.compile must be one of {', '.join(COMPILE)} (got {t.compile!r})",
     )
-    require(
+    problems.require(
         s.tracking.backend in ("mlflow", "none"),
         f"tracking must be mlflow or none (got {s.tracking.backend!r})",
     )
-    check_analysis(s.analysis)
-    require(
+    problems.check(check_analysis, s.analysis)
+    problems.require(
         t.test or not s.analysis.pruning,
         "analysis=pruning scores the test set, which trainer.test=false leaves alone: drop one",
     )
+    problems.raise_any()
+
+
+def check_task_keys(s: RunSettings) -> None:
+    """The language a task needs and the local source it was given: both are reported, as a
+    user who forgot one may have mistyped the other."""
+    problems, task = _Problems(), s.task
+    langs = task.get("langs")
+    if langs:
+        problems.require(
+            s.lang in langs,
+            f"task={task['name']} needs lang=<one of {', '.join(langs)}> (got {s.lang})",
+        )
+    elif "src_lang" in task:  # a parallel corpus whose source side is ${lang}
+        problems.require(
+            task["src_lang"] is not None,
+            f"task={task['name']} needs lang=<source language> (got None)",
+        )
+    source = task.get("source")
+    problems.require(
+        not source or Path(str(source)).expanduser().exists(),
+        f"task.source={source} does not exist (a folder or archive of the task's data)",
+    )
+    problems.raise_any()

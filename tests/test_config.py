@@ -52,7 +52,7 @@ def test_adaptive_total_updates_follow_the_trainer(make_cfg):
 def test_typo_in_a_top_level_key_is_refused(make_cfg):
     with pytest.raises(ConfigCompositionException, match="alpah"):
         make_cfg(["alpah=5"])
-    with pytest.raises(ConfigError, match="unknown top-level key 'alpah'"):
+    with pytest.raises(ConfigError, match="unknown top-level key alpah"):
         _settings(make_cfg, ["+alpah=5"])
 
 
@@ -61,6 +61,67 @@ def test_typo_inside_a_group_is_refused(make_cfg):
         make_cfg(["method.kk=3"])
     with pytest.raises(ConfigError, match="unknown key method.kk"):
         _settings(make_cfg, ["+method.kk=3"])
+
+
+def test_near_miss_keys_are_refused_with_the_nearest_known_one(make_cfg):
+    with pytest.raises(ConfigError) as err:
+        _settings(make_cfg, ["+metod.alpha=1", "+method.alph=2", "+trainer.lrr=1"])
+    assert err.value.problems == [
+        "unknown top-level key metod (did you mean method?)",
+        "unknown key trainer.lrr (did you mean trainer.lr?)",
+        "unknown key method.alph (did you mean method.alpha?)",
+    ]
+
+
+def test_every_problem_of_a_config_is_reported_at_once(make_cfg):
+    with pytest.raises(ConfigError) as err:
+        _settings(make_cfg, ["method.k=0", "method.alpha=-1", "trainer.lr=0", "schedule.p=20"])
+    assert err.value.problems == [
+        "method.k must be >= 1 (got 0)",
+        "method.alpha must be >= 0 (got -1.0)",
+        "schedule.p must be < schedule.q (got p=20, q=10)",
+        "trainer.lr must be > 0 (got 0.0)",
+    ]
+    with pytest.raises(ConfigError) as err:
+        _settings(make_cfg, ["trainer.lr=abc", "method.k=x", "seed=2"])
+    assert err.value.problems == [
+        "trainer.lr must be a number (got 'abc')",
+        "method.k must be a whole number (got 'x')",
+    ]
+
+
+@pytest.mark.parametrize("value", ["-5", "abc"])
+def test_max_updates_is_reported_as_typed_not_as_the_schedule_it_feeds(make_cfg, value):
+    with pytest.raises(ConfigError) as err:
+        _settings(make_cfg, [f"trainer.max_updates={value}"])
+    [problem] = err.value.problems  # not schedule.total_updates, its interpolation
+    assert problem.startswith("trainer.max_updates must be")
+    with pytest.raises(ConfigError, match=r"^schedule.total_updates must be > 0 \(got -3\)$"):
+        _settings(make_cfg, ["schedule.total_updates=-3"])  # typed by the user: named
+
+
+def test_a_missing_lang_and_a_bad_source_are_both_reported(make_cfg, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        _settings(make_cfg, ["task=parallel_text", f"task.source={tmp_path / 'nonexistent'}"])
+    assert err.value.problems == [
+        "task=parallel_text needs lang=<source language> (got None)",
+        f"task.source={tmp_path / 'nonexistent'} does not exist (a folder or archive of the "
+        "task's data)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        (["task=iwslt14", "lang=de"], "iwslt14-de intra_distill K3 a5 s1"),
+        (["method=baseline", "seed=2"], "synthetic baseline s2"),
+        (["method=rdrop", "method.alpha=2.5"], "synthetic rdrop K2 a2.5 s1"),
+        (["method.alpha=0"], "synthetic intra_distill K3 a0 s1"),
+        (["experiment=glue_cpu"], "glue-mrpc intra_distill K3 a1.5 s1"),
+    ],
+)
+def test_a_run_is_named_by_what_ran(make_cfg, overrides, name):
+    assert _settings(make_cfg, overrides).run_name == name
 
 
 def test_unknown_group_option_lists_the_valid_ones():
