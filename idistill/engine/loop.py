@@ -15,6 +15,7 @@ import torch
 from idistill import checkpoint, distributed
 from idistill.config import RunSettings
 from idistill.engine.device import rng_state
+from idistill.engine.eta import Eta
 from idistill.engine.recipe import Recipe, TestResult
 from idistill.engine.run import Run, start
 from idistill.engine.step import NonFiniteLoss, StepStats, step
@@ -123,6 +124,7 @@ def _train(run: Run, progress: bool) -> None:
         mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a batch job's log stays readable
     )
     window, skipped = _Window(), 0  # skipped: fp16 updates the loss scaler skipped
+    eta = Eta(run.total)  # logs once how long the run will take
     done = st.update >= run.total or st.stopped_early
     while not done and (t.max_epochs is None or st.epoch <= t.max_epochs):
         batches = run.recipe.epoch_batches(st.epoch)
@@ -143,6 +145,7 @@ def _train(run: Run, progress: bool) -> None:
             window.add(stats, len(group))
             skipped += stats.skipped
             bar.update(1)
+            eta.after(st.update)
             if st.update % t.log_every == 0 or st.update >= run.total:
                 metrics = window.metrics(run.recipe.unit) | {"train/alpha": alpha, "train/lr": lr}
                 metrics |= run.recipe.train_metrics(alpha, window.units, window.batches)
