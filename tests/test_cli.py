@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -9,7 +11,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
+from idistill import runs
+from idistill.cli.main import main, run_name
+from idistill.config import settings_from_dict
 from idistill.tracking import client
 
 from conftest import SMALL_RUN
@@ -57,8 +66,8 @@ def test_cfg_job_prints_the_resolved_config_from_any_directory(tmp_path):
     ("args", "message"),
     [
         (["method.k=0"], "method.k must be >= 1 (got 0)"),
-        (["alpah=5"], "Could not override 'alpah'"),
-        (["task=nope"], "Available options in 'task'"),
+        (["alpah=5"], "idistill: unknown key alpah (the top level has: "),
+        (["task=nope"], "idistill: no task named 'nope' (options: glue, iwslt14"),
         (["schedule.p=20"], "schedule.p must be < schedule.q"),
         (["task=iwslt14", "lang=xx"], "task=iwslt14 needs lang=<one of ar, de"),
     ],
@@ -68,6 +77,115 @@ def test_bad_input_is_refused_before_any_work(tmp_path, args, message):
     assert out.returncode != 0
     assert message in out.stderr + out.stdout
     assert not (tmp_path / "data").exists()  # no data was touched
+
+
+@pytest.fixture
+def idistill(monkeypatch, tmp_path):
+    """idistill(*args): the console script in this process, started in tmp_path; what it
+    exited with (None when it returned)."""
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def _main(*args):
+        monkeypatch.setattr(sys, "argv", ["idistill", *args])
+        try:
+            main()
+        except SystemExit as e:
+            return e.code
+        finally:
+            GlobalHydra.instance().clear()
+            for h in set(root.handlers) - set(handlers):  # Hydra's console and log file
+                h.close()
+                root.removeHandler(h)
+            root.setLevel(level)
+        return None
+
+    return _main
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("a run was launched")
+
+
+def test_a_bare_idistill_prints_the_usage_and_trains_nothing(
+    idistill, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(runs, "launch", _no_training)
+    assert idistill() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: idistill [-m] key=value ...")
+    assert "idistill experiment=demo" in err and "idistill task=iwslt14 lang=de" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "lines"),
+    [
+        (
+            ["method.k=0", "trainer.lr=0"],
+            ["method.k must be >= 1 (got 0)", "trainer.lr must be > 0 (got 0.0)"],
+        ),
+        (["trainer.max_updates=-5"], ["trainer.max_updates must be > 0 (got -5)"]),
+        (["metod.alpha=1"], ["unknown key metod.alpha (did you mean method.alpha?)"]),
+        (
+            ["task=parallel_text", "task.source=/nonexistent"],
+            [
+                "task=parallel_text needs lang=<source language> (got None)",
+                "task.source=/nonexistent does not exist (a folder or archive of the task's data)",
+            ],
+        ),
+    ],
+)
+def test_a_refused_run_says_why_in_one_line_each_and_leaves_nothing(
+    idistill, tmp_path, args, lines
+):
+    db = tmp_path / "mlflow.db"
+    code = idistill(*args, f"data_dir={tmp_path / 'data'}", f"tracking.uri=sqlite:///{db}")
+    assert code == "\n".join(f"idistill: {line}" for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no outputs/, data or mlflow.db
+
+
+def test_a_refusal_keeps_a_run_folder_the_user_named(idistill, tmp_path):
+    named = tmp_path / "runs" / "mine"
+    assert idistill("method.k=0", "tracking=none", f"hydra.run.dir={named}") is not None
+    assert (named / ".hydra").is_dir()
+
+
+def test_a_missing_optional_dependency_names_the_extra(idistill, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformers" else real(name, *a),
+    )
+    code = idistill("experiment=glue_cpu", "tracking=none", f"data_dir={tmp_path / 'data'}")
+    assert code == (
+        "idistill: task=glue needs transformers, which is not installed: "
+        "pip install 'idistill[nlu]'"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_is_named_by_what_ran(idistill, tmp_path, monkeypatch):
+    launched = {}
+    monkeypatch.setattr(runs, "launch", lambda settings, out, **kw: launched.update(kw))
+    assert idistill("task=iwslt14", "lang=de", "seed=2", "tracking=none") is None
+    assert launched["run_name"] == "iwslt14-de intra_distill K3 a5 s2"
+
+
+def test_a_sweep_job_is_named_by_its_number_what_ran_and_its_other_overrides(make_cfg):
+    overrides = ["experiment=demo", "method.alpha=1", "trainer.lr=0.01", "seed=3"]
+    with initialize_config_module("idistill.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    cfg.hydra.mode, cfg.hydra.job.num = "MULTIRUN", 4
+    cfg.hydra.overrides.task = [*overrides, "data_dir=/tmp/x"]
+    settings = settings_from_dict(OmegaConf.to_container(make_cfg(overrides), resolve=True))
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert run_name(settings) == "4: synthetic intra_distill K3 a1 s3 trainer.lr=0.01"
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 @pytest.mark.slow
@@ -93,7 +211,8 @@ def test_sweep_makes_a_parent_run_with_a_child_per_job(tmp_path):
     assert sorted(r.data.params["method.alpha"] for r in children) == ["0.0", "1.0"]
     assert all(r.info.status == "FINISHED" and "test/bleu" in r.data.metrics for r in children)
     names = sorted(r.data.tags["mlflow.runName"] for r in children)
-    assert names[0].startswith("0:") and "method.alpha=0" in names[0]
+    assert names[0].startswith("0: synthetic intra_distill K3 a0 s1 task.n_train=300")
+    assert names[1].startswith("1: synthetic intra_distill K3 a1 s1 task.n_train=300")
     assert all(
         any(a.path == "hydra" for a in mlflow.list_artifacts(r.info.run_id)) for r in children
     )
