@@ -1,30 +1,45 @@
-"""Checkpoints written atomically, and the search for the run to resume."""
+"""Checkpoints written atomically, the previous last one kept as a fallback, and the search
+for the run to resume."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from idistill.atomic import temp_copy, temp_file
+
+log = logging.getLogger(__name__)
+
 LAST, BEST, META = "checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_last.json"
+PREV = "checkpoint_prev.pt"  # the last checkpoint before the current one: resume's fallback
+CORRUPT = ".corrupt"  # an unreadable last checkpoint is moved aside to <name>.corrupt
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file beside `path`, then rename: a kill never leaves half a file."""
+class CheckpointError(RuntimeError):
+    """A checkpoint file that torch cannot read (truncated, corrupt, or not ours)."""
+
+
+def atomic_save(obj: Any, path: Path, keep: Path | None = None) -> None:
+    """torch.save to a temp file beside `path`, then rename: a kill never leaves half a file.
+    keep: where the file being replaced stays, so that at every moment `path` is whole and
+    `keep` the checkpoint before it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp, f = temp_file(path.parent, prefix=path.name + ".")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep is not None and path.is_file():
+            os.replace(temp_copy(path, keep.parent, prefix=keep.name + "."), keep)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -90,7 +105,7 @@ def save_last(
         "settings": settings,
         **state,
     }
-    atomic_save(ckpt, save_dir / LAST)
+    atomic_save(ckpt, save_dir / LAST, keep=save_dir / PREV)
     write_meta(save_dir, {**meta, "update": state["update"]})
 
 
@@ -98,16 +113,73 @@ def save_best(
     save_dir: Path,
     *,
     model: torch.nn.Module,
-    update: int,
     metric: str,
-    score: float,
+    rng: dict,
+    state: dict[str, Any],
     settings: dict[str, Any],
 ) -> None:
-    """The best checkpoint: the weights, where and by what they were selected, the settings."""
-    ckpt = {"model": model.state_dict(), "update": update, "metric": metric, "score": score}
-    atomic_save({**ckpt, "settings": settings}, save_dir / BEST)
+    """The best checkpoint: the weights, by what they were selected (metric, score = the
+    state's best), the settings, and the loop's and random state of that update, so that a run
+    can resume from it when it is the only readable checkpoint (it holds no optimizer state)."""
+    ckpt = {"model": model.state_dict(), "metric": metric, "score": state["best"], "rng": rng}
+    atomic_save({**ckpt, "settings": settings, **state}, save_dir / BEST)
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A checkpoint of ours, onto `device`."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """A checkpoint of ours, onto `device`; CheckpointError, naming the file, when torch cannot
+    read it (truncated, corrupt, or holding more than tensors and plain values)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, OSError, ...
+        raise CheckpointError(f"{path} cannot be read as a checkpoint ({_reason(e)})") from e
+
+
+def _reason(e: Exception) -> str:
+    """torch's error in one line: its first sentence, and the line naming what was refused."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return f"{type(e).__name__}: the file is empty or cut short"
+    detail = [line for line in lines[1:] if "nsupported" in line][:1]
+    return f"{type(e).__name__}: " + " ".join([lines[0].split(". ")[0], *detail])
+
+
+def load_for_resume(
+    save_dir: Path, device: torch.device | str = "cpu", *, repair: bool = True
+) -> tuple[dict[str, Any], Path]:
+    """(checkpoint, its file) to resume the run in `save_dir` from: the last checkpoint or, when
+    torch cannot read it, the previous last one, else the best one (no optimizer state), with a
+    warning naming the file. repair (rank 0): the unreadable last checkpoint is moved aside to
+    <name>.corrupt and the one resumed becomes the last one, with a meta that says its update."""
+    unreadable = []
+    for name in (LAST, PREV, BEST):
+        path = save_dir / name
+        if not path.is_file():
+            continue
+        try:
+            ckpt = load(path, device)
+        except CheckpointError as e:
+            log.warning("%s", e)
+            unreadable.append(path)
+            continue
+        if name == BEST and "epoch" not in ckpt:  # written before best held the loop state
+            continue
+        if unreadable:
+            log.warning("resuming from %s (update %d) instead", path, ckpt["update"])
+            if repair:
+                _make_last(save_dir, path, ckpt["update"], unreadable)
+        return ckpt, path
+    raise CheckpointError(
+        f"no checkpoint to resume in {save_dir}: {', '.join(map(str, unreadable)) or 'none'} "
+        f"unreadable, nothing else usable there; start the run afresh (trainer.resume=false)"
+    )
+
+
+def _make_last(save_dir: Path, resumed: Path, update: int, unreadable: list[Path]) -> None:
+    """After a fallback: each unreadable checkpoint goes to <name>.corrupt (kept for a look, and
+    never rotated into the previous one), `resumed` becomes the last one, the meta its update."""
+    for path in unreadable:
+        os.replace(path, path.with_name(path.name + CORRUPT))
+        log.warning("moved %s to %s%s", path, path.name, CORRUPT)
+    last = save_dir / LAST
+    os.replace(temp_copy(resumed, save_dir, prefix=LAST + "."), last)
+    write_meta(save_dir, {**(read_meta(save_dir) or {}), "update": update, "finished": False})

@@ -17,11 +17,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from idistill.atomic import temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def cached(root: Path, name: str, settings: dict[str, Any], build: Callable[[Pat
             shutil.rmtree(stale, ignore_errors=True)
         if final.exists():
             shutil.rmtree(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=parent))
+        tmp = temp_dir(parent, prefix=f".{key}.tmp-")  # the umask's mode, not mkdtemp's 0700
         try:
             log.info("building %s data in %s", name, final)
             build(tmp)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
+
+from idistill.atomic import temp_file
 
 # Multi30k task 1 (Elliott et al. 2016), raw cased text at a pinned commit of multi30k/dataset;
 # sha256 of the decompressed files.
@@ -102,11 +102,11 @@ def download_multi30k(dest: Path, src: str, tgt: str, splits: dict[str, str]) ->
                     f"could not fetch {url} ({e}); download Multi30k's data/task1/raw files, "
                     "gunzip them into one folder and pass task.source=/path/to/that/folder"
                 ) from e
-            fd, tmp = tempfile.mkstemp(dir=dest, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
+            tmp, f = temp_file(dest, prefix=name + ".")  # the umask's mode, not mkstemp's 0600
+            with f:
                 f.write(payload)
-            if MULTI30K_SHA256.get(name) and sha256_of(Path(tmp)) != MULTI30K_SHA256[name]:
-                Path(tmp).unlink()
+            if MULTI30K_SHA256.get(name) and sha256_of(tmp) != MULTI30K_SHA256[name]:
+                tmp.unlink()
                 raise DataSourceError(f"{url} did not match its pinned sha256; not used")
-            shutil.move(tmp, target)
+            os.replace(tmp, target)
     return dest

@@ -218,9 +218,9 @@ def _validate_and_save(run: Run) -> None:
             checkpoint.save_best(
                 run.save_dir,
                 model=run.model,
-                update=st.update,
                 metric=selection.metric,
-                score=st.best,
+                rng=rng_state(),
+                state=st.to_dict(),
                 settings=run.s.to_dict(),
             )
         _save_last(run, finished=False)

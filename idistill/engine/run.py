@@ -78,15 +78,18 @@ def start(recipe: Recipe, s: RunSettings, out_dir: Path, tracker, resume_dir: Pa
     )
     scaler = loss_scaler(amp, device)
     state = TrainState()
-    if resume_dir is not None:
-        ckpt = checkpoint.load(resume_dir / checkpoint.LAST, device)
+    if resume_dir is not None:  # the last checkpoint, or the one before it if that is unreadable
+        ckpt, path = checkpoint.load_for_resume(resume_dir, device, repair=world.main)
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        else:  # the best checkpoint was the only readable one
+            log.warning("%s holds no optimizer state: the optimizer starts afresh", path)
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         state = TrainState.from_checkpoint(ckpt)
         set_rng_state(ckpt["rng"])
-        log.info("resumed from %s at update %d (epoch %d)", resume_dir, state.update, state.epoch)
+        log.info("resumed from %s at update %d (epoch %d)", path, state.update, state.epoch)
 
     runner = model
     if world.size > 1:
