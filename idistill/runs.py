@@ -64,8 +64,10 @@ def launch(
     method=self_distill). out_dir: the run's folder; sweep_dir: the folder of the sweep it
     belongs to (its MLflow parent run). None when a resumed chain had nothing left to train."""
     from idistill import distributed
+    from idistill.preflight import preflight
 
     check_data(settings)
+    preflight(settings, out_dir)  # the data itself and the folders, before any run or training
     started = time.perf_counter()
     run_name = run_name or out_dir.name
     if settings.method.name == "self_distill":

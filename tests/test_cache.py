@@ -112,3 +112,20 @@ def test_parallel_processes_build_only_once(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     assert len(set(paths)) == 1
     assert _builds(counter) == 1
+
+
+def test_a_handed_over_load_is_taken_once_by_the_next_identical_call():
+    from idistill.data.cache import handed_over
+
+    loads = []
+
+    @handed_over
+    def load(name, size):
+        loads.append(name)
+        return [name] * size
+
+    first = load("a", 2)  # the preflight's load ...
+    assert load("a", 2) is first and loads == ["a"]  # ... is the recipe's
+    assert load("a", 2) is not first and loads == ["a", "a"]  # any later call loads afresh
+    load("b", 1)  # another load replaces the one kept
+    assert load("a", 2) is not first and loads == ["a", "a", "b", "a"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from idistill.atomic import temp_dir
 
@@ -148,3 +149,24 @@ def verify(path: Path) -> None:
                 f"{f} has sha256 {actual}, the manifest says {entry['sha256']}: the cached data "
                 f"changed after it was built; delete {path} to rebuild it"
             )
+
+
+T = TypeVar("T")
+
+
+def handed_over(load: Callable[..., T]) -> Callable[..., T]:
+    """`load`, whose result the next call with the same (JSON-able) arguments takes instead of
+    loading again: the preflight loads a run's data, the recipe that trains it takes it over.
+    One result is kept, for one call: any other call loads afresh (the files may have changed)."""
+    kept: dict[str, T] = {}
+
+    @functools.wraps(load)
+    def load_or_take(*args, **kwargs):
+        key = json.dumps([args, kwargs], sort_keys=True, default=str)
+        if key in kept:
+            return kept.pop(key)
+        kept.clear()
+        kept[key] = result = load(*args, **kwargs)
+        return result
+
+    return load_or_take

@@ -18,7 +18,7 @@ import numpy as np
 
 from idistill.config import ConfigError
 from idistill.data.nlu import EvalSet, Feature, NLUData
-from idistill.data.parallel_text import DataSourceError
+from idistill.data.parallel_text import DataSourceError, read_text
 from idistill.evaluate import accuracy, binary_f1, matthews_corr, pearson, spearman
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,10 @@ def task_folder(source: Path, spec: GlueTask) -> Path:
 
 def read_tsv(path: Path, spec: GlueTask) -> list[Example]:
     """One GLUE tsv file: rows split at tabs only (texts hold quotes, so no csv quoting)."""
-    lines = path.read_text(encoding="utf-8-sig").split("\n")  # MRPC starts with a BOM
+    lines = read_text(path).removeprefix("\ufeff").split("\n")  # MRPC starts with a BOM
     rows = [line.rstrip("\r").split("\t") for line in lines if line.strip()]
+    if not rows:
+        raise DataSourceError(f"{path} is empty: a GLUE tsv file starts with its header")
     if spec.folder == "CoLA" and rows and rows[0][0] != "index":  # train/dev have no header
         header = list(COLA_COLUMNS)
     else:
@@ -239,6 +241,8 @@ def read_glue(task: dict[str, Any]) -> dict[str, list[Example]]:
 
 def features(examples: list[Example], tokenizer, max_len: int) -> list[Feature]:
     """Token ids of each example (pairs as one sequence, longest-first truncation) + its label."""
+    if not examples:  # an empty split: the preflight names it (the tokenizer cannot take [])
+        return []
     firsts = [e.texts[0] for e in examples]
     seconds = [e.texts[1] for e in examples] if examples and len(examples[0].texts) > 1 else None
     enc = tokenizer(firsts, seconds, truncation=True, max_length=max_len)

@@ -34,7 +34,7 @@ from typing import Any
 
 from idistill.config import ConfigError
 from idistill.data.cache import cached, file_sha256, read_manifest
-from idistill.data.parallel_text import DataSourceError, read_lines, split_lines
+from idistill.data.parallel_text import DataSourceError, not_utf8, read_lines, split_lines
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,8 @@ def _build(location: Path, lang: str, out: Path) -> None:
 def _text(files: dict[str, bytes], name: str) -> str:
     try:
         return files[name].decode("utf-8")
-    except UnicodeDecodeError as e:
-        log.warning("%s is not valid UTF-8 (%s); the bad bytes become U+FFFD", name, e)
+    except UnicodeDecodeError as e:  # the paper's shell pipeline passes such bytes through
+        log.warning("%s: %s; its bad bytes become U+FFFD", name, not_utf8(files[name], e))
         return files[name].decode("utf-8", errors="replace")
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from idistill.data.cache import handed_over
+
 # head -> what the model returns per example, and what a feature's labels hold
 #   classification  logits [C]            "labels": int class id
 #   regression      value  []             "labels": float
@@ -76,6 +78,15 @@ NLU_MODULES = {
 def nlu_module(task: dict[str, Any]):
     """The data module of an NLU task."""
     return importlib.import_module(NLU_MODULES[task.get("loader", task["name"])])
+
+
+@handed_over  # the preflight's load is the recipe's
+def load_nlu(task: dict[str, Any], model: dict[str, Any], data_dir: Path) -> tuple[Any, NLUData]:
+    """(the tokenizer of `model`, the task's tokenized data)."""
+    from idistill.models.encoder import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    return tokenizer, nlu_module(task).load(task, tokenizer, data_dir)
 
 
 def task_head(task: dict[str, Any]) -> str | None:

@@ -46,9 +46,28 @@ def split_lines(text: str) -> list[str]:
     return lines[:-1] if lines[-1] == "" else lines
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; DataSourceError naming the file, line and byte where it is not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataSourceError(
+            f"{path}: {not_utf8(data, e)}: convert the file to UTF-8 (iconv -f <its encoding> "
+            "-t UTF-8) or fix that line"
+        ) from None
+
+
+def not_utf8(data: bytes, e: UnicodeDecodeError) -> str:
+    """Where `data` stops being UTF-8, for a message: its line, byte in the line and value."""
+    line = data.count(b"\n", 0, e.start) + 1
+    column = e.start - data.rfind(b"\n", 0, e.start)
+    return f"line {line}, byte {column} (0x{data[e.start]:02x}) is not UTF-8"
+
+
 def read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file, split at "\n" only (see split_lines)."""
-    return split_lines(Path(path).read_text(encoding="utf-8"))
+    return split_lines(read_text(path))
 
 
 def read_parallel(

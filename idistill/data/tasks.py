@@ -8,6 +8,7 @@ from typing import Any
 
 from idistill.config import ConfigError
 from idistill.data import parallel_text
+from idistill.data.cache import handed_over
 from idistill.data.synthetic import make_corpus
 from idistill.data.translation import TranslationData, check_settings, prepare_translation
 
@@ -73,6 +74,7 @@ def _raw(task: dict[str, Any], lang: str | None, data_dir: Path) -> dict[str, li
     return parallel_text.read_parallel(folder, src, tgt, splits, checksums)
 
 
+@handed_over  # the preflight's load is the recipe's
 def load_task(task: dict[str, Any], lang: str | None, data_dir: Path) -> TranslationData:
     """Build (or reuse from `data_dir`) the tokenized splits of `task`."""
     check_task(task, lang)

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from idistill.data.cache import cached
-from idistill.data.parallel_text import read_lines
+from idistill.data.parallel_text import DataSourceError, read_lines
 from idistill.data.token_pairs import TokenPairs, id_dtype
 from idistill.data.tokenizer import Tokenizer, check_spm_settings, train_sentencepiece
 
@@ -94,7 +94,9 @@ def _check_raw(raw: dict[str, list[tuple[str, str]]]) -> None:
     if missing:
         raise ValueError(f"raw data lacks split(s) {missing} (has {sorted(raw)})")
     if not raw["train"]:
-        raise ValueError("the train split is empty: nothing to train the tokenizer and model on")
+        raise DataSourceError(
+            "the train split is empty: nothing to train the tokenizer and model on"
+        )
     for split in SPLITS:
         for i, pair in enumerate(raw[split]):
             if any("\n" in side or "\r" in side for side in pair):
@@ -163,7 +165,7 @@ def _build(
             keep = np.flatnonzero(ok)
             stats["train_dropped"] = len(pairs) - len(keep)
             if not len(keep):
-                raise ValueError(
+                raise DataSourceError(
                     f"all {len(pairs)} training pairs are empty or longer than task.max_len="
                     f"{max_len} pieces; raise task.max_len"
                 )

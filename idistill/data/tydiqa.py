@@ -48,7 +48,7 @@ from idistill.data.features import (
     tokenizer_key,
 )
 from idistill.data.nlu import EvalSet, NLUData
-from idistill.data.parallel_text import DataSourceError
+from idistill.data.parallel_text import DataSourceError, read_text
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def check(task: dict[str, Any]) -> None:
 def read_squad(path: Path) -> list[Example]:
     """The questions of a SQuAD v1.1 json file, in file order."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))["data"]
+        data = json.loads(read_text(path))["data"]
         return [
             Example(
                 qa["id"],

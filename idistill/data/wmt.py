@@ -34,7 +34,7 @@ import numpy as np
 
 from idistill.config import ConfigError
 from idistill.data.cache import cached, file_sha256
-from idistill.data.parallel_text import DataSourceError, split_lines
+from idistill.data.parallel_text import DataSourceError, read_text, split_lines
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,14 @@ def count_tokens(text: str) -> int:
 
 def _read_lines(path: Path, normalized: bool) -> list[str]:
     # newline="\n": only \n ends a line; a stray \r or U+2028 inside a sentence must not split it
-    with open(path, encoding="utf-8", newline="\n") as f:
-        if not normalized:
-            return [normalize(line) for line in f]
-        return split_lines(f.read())  # our own cache: one line per sentence already
+    try:
+        with open(path, encoding="utf-8", newline="\n") as f:
+            if not normalized:
+                return [normalize(line) for line in f]
+            return split_lines(f.read())  # our own cache: one line per sentence already
+    except UnicodeDecodeError:
+        read_text(path)  # reads it again, only to name the line that is not UTF-8
+        raise
 
 
 def read_pairs(src_path: Path, tgt_path: Path, normalized: bool = False) -> list[tuple[str, str]]:

@@ -25,3 +25,13 @@ def check_settings(settings: RunSettings) -> None:
     else:
         from idistill.recipes.translation import check_settings as check
     check(settings)
+
+
+def check_data(settings: RunSettings) -> None:
+    """Refuse data the task family's recipe could not train, validate or test on (the preflight
+    calls this); loads the data, which the recipe then takes over."""
+    if settings.task.get("type") == "nlu":
+        from idistill.recipes.nlu import check_data as check
+    else:
+        from idistill.recipes.translation import check_data as check
+    check(settings)

@@ -27,7 +27,8 @@ from idistill.config import (
     RunSettings,
     require,
 )
-from idistill.data.nlu import NLUData, nlu_module
+from idistill.data.nlu import NLUData, load_nlu
+from idistill.data.parallel_text import DataSourceError
 from idistill.engine.recipe import Recipe, TestResult
 from idistill.engine.state import Selection
 from idistill.intra import IntraLoss, intra_distill_loss
@@ -37,7 +38,6 @@ from idistill.models.encoder import (
     build_encoder,
     check_model,
     is_encoder,
-    load_tokenizer,
     sage_groups,
 )
 from idistill.recipes import heads
@@ -172,6 +172,25 @@ def check_settings(s: RunSettings) -> None:
         )
 
 
+def check_data(s: RunSettings) -> None:
+    """Refuse, before any training, data the run could not train, select or test on: no
+    training example, or an empty eval set (the selection set; every set with trainer.test)."""
+    name = s.task["name"]
+    try:
+        data = load_nlu(s.task, s.model, s.data_dir)[1]
+    except DataSourceError as e:
+        raise ConfigError(f"task={name}: {e}") from None
+    where = f"task.source={s.task['source']}" if s.task.get("source") else "downloaded"
+    require(len(data.train) > 0, f"task={name} has no training examples ({where})")
+    for eval_name, eval_set in data.evals.items():
+        if eval_name == data.select_on or s.trainer.test:  # trainer.test=false: the selection only
+            require(
+                len(eval_set.features) > 0,
+                f"task={name}: eval set {eval_name} has no examples ({where}); the run needs "
+                f"{data.select_on} to pick the best checkpoint and, with trainer.test, every set",
+            )
+
+
 class NLURecipe(Recipe):
     """GLUE, WikiANN NER and TyDiQA-GoldP: fine-tuning a pretrained encoder with a head."""
 
@@ -180,9 +199,8 @@ class NLURecipe(Recipe):
     def setup(self, device, amp, tracker):
         s, t, m = self.s, self.s.trainer, self.s.method
         self.device, self.amp = device, amp
-        tokenizer = load_tokenizer(s.model)
+        tokenizer, self.data = load_nlu(s.task, s.model, s.data_dir)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.data = nlu_module(s.task).load(s.task, tokenizer, s.data_dir)
         _check_head(self.data, m.divergence, s.task["name"])
         self.head, self.train_set = self.data.head, self.data.train
         self.selection = Selection(f"{self.data.select_on}/{self.data.metric}", True)

@@ -7,11 +7,13 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from idistill.config import ConfigError, RunSettings, require
 from idistill.data.batching import collate, token_batches
+from idistill.data.parallel_text import DataSourceError
 from idistill.data.tasks import load_task
 from idistill.distill import load_teacher, teacher_kl
 from idistill.engine.device import to_device
@@ -40,7 +42,10 @@ def validate(model, examples, tokenizer, max_tokens, device, amp, label_smoothin
     loss_sum = nll_sum = ntok = 0.0
     src_lens, tgt_lens = examples.src_lens + 1, examples.tgt_lens + 1  # [N] + eos, + bos / eos
     pad, bos, eos = tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id
-    for idx in token_batches(src_lens, tgt_lens, max_tokens, shuffle=False):
+    # a pair longer than trainer.max_tokens (which bounds training batches) is a batch alone:
+    # valid sentences are never dropped, and the model's positions are checked before training
+    budget = max(max_tokens, int(np.maximum(src_lens, tgt_lens).max(initial=0)))
+    for idx in token_batches(src_lens, tgt_lens, budget, shuffle=False):
         b = to_device(collate([examples[i] for i in idx], pad, bos, eos), device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(b["src_tokens"], b["prev_output_tokens"])  # [B, T, V]
@@ -131,6 +136,57 @@ def check_settings(s: RunSettings) -> None:
             f"(task.max_len={max_len} + 1 = {longest} tokens): raise trainer.max_tokens or "
             "lower task.max_len",
         )
+
+
+def check_data(s: RunSettings) -> None:
+    """Refuse, before any training, data the run could not validate or test: an empty valid
+    split (or test split, with trainer.test), a sentence longer than the model's positions (an
+    empty train split is refused when the data is built)."""
+    name, t = s.task["name"], s.trainer
+    try:
+        data = load_task(s.task, s.lang, s.data_dir)
+    except DataSourceError as e:
+        raise ConfigError(f"task={name}: {e}") from None
+    for split in ("valid", "test") if t.test else ("valid",):
+        require(
+            len(data.splits[split]) > 0,
+            f"task={name}: the {split} split is empty ({_origin(s.task, split, data.path)})",
+        )
+    train, valid = data.splits["train"], data.splits["valid"]
+    lengths = {  # [N] pieces of what the model reads; the test translates its sources only
+        "train.src.txt": train.src_lens,
+        "train.ref.txt": train.tgt_lens,
+        "valid.src.txt": valid.src_lens,
+        "valid.ref.txt": valid.tgt_lens,
+    }
+    if t.test:
+        lengths["test.src.txt"] = data.splits["test"][: t.test_max_sentences or None].src_lens
+    positions = model_config(s.model, vocab_size=64, pad_id=0).max_positions
+    for file, lens in lengths.items():
+        i = int(lens.argmax())
+        longest, split = int(lens[i]) + 1, file.split(".")[0]  # + eos (source), bos/eos (target)
+        if longest <= positions:
+            continue
+        fix = (
+            f"lower task.max_len below {positions} (longer training pairs are dropped) or raise "
+            "model.max_positions"
+            if split == "train"
+            else f"raise model.max_positions to at least {longest} (valid and test sentences are "
+            "never dropped or cut, so that every reference is scored; task.max_len drops "
+            "training pairs only), or remove the pair from the data"
+        )
+        raise ConfigError(
+            f"{data.path / file}, line {i + 1}: a {split} sentence of {longest} tokens does not "
+            f"fit the model (model.max_positions={positions}): {fix}"
+        )
+
+
+def _origin(task: dict, split: str, built: Path) -> str:
+    """Where a split's text came from, for messages: its files, or the processed data."""
+    if task.get("loader") == "parallel_text" and task.get("source"):
+        stem = task["splits"][split]
+        return f"files {task['source']}/{stem}.{task['src_lang']} and .{task['tgt_lang']}"
+    return f"processed into {built}"
 
 
 class TranslationRecipe(Recipe):
