@@ -69,7 +69,8 @@ def read_meta(save_dir: Path) -> dict[str, Any] | None:
 
 def find_resumable(roots: list[Path], config_hashes: list[str]) -> Path | None:
     """Newest unfinished checkpoint directory under `roots` whose run had one of these config
-    hashes (the current one, and the legacy one of runs made by earlier versions)."""
+    hashes (the current one, and the legacy one of runs made by earlier versions); also one
+    whose run was killed before its first checkpoint (`mark_started`)."""
     found = []
     for root in roots:
         if not root.is_dir():
@@ -77,10 +78,20 @@ def find_resumable(roots: list[Path], config_hashes: list[str]) -> Path | None:
         for meta_file in root.rglob(META):
             meta = read_meta(meta_file.parent)
             resumable = meta and meta.get("config_hash") in config_hashes
-            resumable = resumable and not meta.get("finished")
-            if resumable and (meta_file.parent / LAST).is_file():
-                found.append((meta_file.stat().st_mtime, meta_file.parent))
+            if resumable and not meta.get("finished"):  # (with no checkpoint yet: a run
+                found.append((meta_file.stat().st_mtime, meta_file.parent))  # killed early)
     return max(found)[1] if found else None
+
+
+def mark_started(save_dir: Path, meta: dict[str, Any]) -> None:
+    """The meta of a run that has no checkpoint yet (update 0), so that trainer.resume=true
+    finds a run killed before its first checkpoint and continues it in the same folder."""
+    write_meta(save_dir, {**meta, "update": 0, "finished": False})
+
+
+def has_checkpoint(save_dir: Path) -> bool:
+    """Whether `save_dir` holds a checkpoint to resume from (last, previous or best)."""
+    return any((save_dir / name).is_file() for name in (LAST, PREV, BEST))
 
 
 def save_last(

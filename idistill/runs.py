@@ -9,14 +9,17 @@ self-distillation chain (Table 1), whose rounds are such runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from idistill.checkpoint import BEST, LAST, find_resumable, read_meta
+from idistill.checkpoint import BEST, LAST, META, find_resumable, read_meta
 from idistill.config import ConfigError, RunSettings
 from idistill.engine.loop import FitResult
 
@@ -47,7 +50,7 @@ def resume_dir(resume: Any, config_hashes: list[str], roots: list[Path]) -> Path
         return found
     path = Path(str(resume)).expanduser()
     for candidate in (path, path / "checkpoints", path.parent):
-        if (candidate / LAST).is_file():
+        if (candidate / LAST).is_file() or (candidate / META).is_file():
             return candidate
     raise FileNotFoundError(f"trainer.resume={resume}: no {LAST} there")
 
@@ -69,7 +72,7 @@ def launch(
     check_data(settings)
     preflight(settings, out_dir)  # the data itself and the folders, before any run or training
     started = time.perf_counter()
-    run_name = run_name or out_dir.name
+    run_name = run_name or settings.run_name
     if settings.method.name == "self_distill":
         result = run_chain(settings, out_dir, run_name, sweep_dir, progress)
     else:
@@ -148,6 +151,7 @@ def run_one(
     """Train, evaluate and track one run; returns (its result, its MLflow run id or None)."""
     from idistill import distributed
     from idistill.engine.loop import fit
+    from idistill.engine.run import checkpoint_dir
     from idistill.recipes import recipe_for
     from idistill.tracking import PARENT_RUN_FILE, make_tracker
 
@@ -165,6 +169,8 @@ def run_one(
         run_name=run_name,
         parent_run_id=parent,
         run_id=meta.get("run_id") if meta else None,
+        journal_dir=checkpoint_dir(settings, out_dir, resume),  # the journal: the checkpoints'
+        resuming=resume is not None,
         tags={
             "task": settings.task["name"],
             "lang": str(settings.lang),
@@ -181,10 +187,16 @@ def run_one(
     if config_files is not None:
         tracker.log_artifacts(config_files, "hydra")
     try:
-        result = fit(
-            recipe_for(settings), settings, out_dir, tracker, resume_dir=resume, progress=progress
-        )
-    except KeyboardInterrupt:
+        with _sigterm_interrupts():
+            result = fit(
+                recipe_for(settings),
+                settings,
+                out_dir,
+                tracker,
+                resume_dir=resume,
+                progress=progress,
+            )
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
         tracker.finish("KILLED")
         raise
     except BaseException:
@@ -192,6 +204,28 @@ def run_one(
         raise
     tracker.finish("FINISHED")
     return result, tracker.run_id
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), handled as Ctrl-C: the run ends KILLED."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While training in the main thread, SIGTERM raises `Terminated` instead of killing the
+    process outright, so the MLflow run ends KILLED rather than RUNNING for ever."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 RESULT_FILE = "result.json"  # beside a run's outputs: what it scored, for sweep summaries

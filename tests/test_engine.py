@@ -95,6 +95,31 @@ def test_resume_true_finds_the_unfinished_run_of_the_same_config(make_cfg, tmp_p
     assert resumed.save_dir == tmp_path / "outputs" / "a" / "checkpoints"
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_continued_by_resume_true(
+    make_cfg, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def killed(self, model):
+        raise KeyboardInterrupt  # at the first validation, before its checkpoint
+
+    with monkeypatch.context() as m:
+        m.setattr(translation_mod.TranslationRecipe, "validate", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(make_cfg(SMALL_RUN, tracking=True), tmp_path / "outputs" / "a", progress=False)
+    assert not (tmp_path / "outputs" / "a" / "checkpoints" / LAST).exists()
+    resumed = run(
+        make_cfg([*SMALL_RUN, "trainer.resume=true"], tracking=True),
+        output_dir=tmp_path / "outputs" / "b",
+        progress=False,
+    )
+    assert resumed.save_dir == tmp_path / "outputs" / "a" / "checkpoints"
+    assert resumed.updates == 6
+    (r,) = client(uri).search_runs([client(uri).get_experiment_by_name("synthetic").experiment_id])
+    assert r.info.status == "FINISHED"  # the killed run's MLflow run, continued, not orphaned
+
+
 def test_non_finite_loss_stops_keeps_last_good_checkpoint_and_fails_the_run(
     make_cfg, tmp_path, monkeypatch
 ):

@@ -48,6 +48,12 @@ class Run:
     last_validated: int = -1
 
 
+def checkpoint_dir(s: RunSettings, out_dir: Path, resume_dir: Path | None) -> Path:
+    """Where a run keeps its checkpoints (and its tracking journal): the one it resumes,
+    trainer.save_dir, or <run dir>/checkpoints."""
+    return resume_dir or Path(s.trainer.save_dir or out_dir / "checkpoints")
+
+
 def start(recipe: Recipe, s: RunSettings, out_dir: Path, tracker, resume_dir: Path | None) -> Run:
     """Device, seeds, the run directory, the recipe's data and model, and the resumed state."""
     t = s.trainer
@@ -61,10 +67,14 @@ def start(recipe: Recipe, s: RunSettings, out_dir: Path, tracker, resume_dir: Pa
         torch.set_num_threads(t.num_threads)
     torch.manual_seed(s.seed)
     random.seed(s.seed)
-    save_dir = resume_dir or Path(t.save_dir or out_dir / "checkpoints")
+    save_dir = checkpoint_dir(s, out_dir, resume_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     for path in checkpoint.remove_stale_temporaries(save_dir):
         log.warning("removed %s, a checkpoint a killed run left half-written", path)
+    if world.main and not checkpoint.has_checkpoint(save_dir):  # resume=true finds it killed
+        checkpoint.mark_started(
+            save_dir, {"config_hash": s.config_hash(), "run_id": tracker.run_id}
+        )
     tracker.set_tags({CHECKPOINT_TAG: str(save_dir.resolve())})  # a later teacher= finds it
 
     model, optimizer = recipe.setup(device, amp, tracker)
@@ -78,6 +88,10 @@ def start(recipe: Recipe, s: RunSettings, out_dir: Path, tracker, resume_dir: Pa
     )
     scaler = loss_scaler(amp, device)
     state = TrainState()
+    if resume_dir is not None and not checkpoint.has_checkpoint(resume_dir):
+        log.info("%s: its run was stopped before its first checkpoint; training starts again there",
+                 resume_dir)  # fmt: skip
+        resume_dir = None
     if resume_dir is not None:  # the last checkpoint, or the one before it if that is unreadable
         ckpt, path = checkpoint.load_for_resume(resume_dir, device, repair=world.main)
         model.load_state_dict(ckpt["model"])
