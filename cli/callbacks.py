@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
+SUMMARY_FILE = "sweep_summary.txt"  # in a sweep's folder and its parent run: what each job scored
+
 
 def _experiment_name(config: DictConfig) -> str:
     if config.tracking.get("experiment"):
@@ -60,7 +62,7 @@ class SweepTracking(Callback):
             self._terminate("FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summarize(Path(config.hydra.sweep.dir), self.parent)
+        summarize(Path(config.hydra.sweep.dir), self.parent, self.client)
         if self.parent and not self.failed:
             self._terminate("FINISHED")
 
@@ -71,11 +73,12 @@ class SweepTracking(Callback):
             log.warning("could not end the sweep's parent run %s (%s)", self.parent, e)
 
 
-def summarize(sweep_dir: Path, parent: str | None) -> None:
+def summarize(sweep_dir: Path, parent: str | None, mlflow_client=None) -> None:
     """Print what each job of the sweep scored (read from the jobs' folders, so it works with
-    every launcher), the sweep's folder and parent run, and how to make a report of it."""
+    every launcher), the sweep's folder and parent run, and how to make a report of it; the
+    parent run gets the table (`sweep_summary.txt`) and the metrics of its best job."""
     from idistill.runs import read_result
-    from idistill.sweeps import summary_table
+    from idistill.sweeps import best_job, summary_table
 
     jobs = []
     for folder in sorted(sweep_dir.iterdir(), key=lambda p: (len(p.name), p.name)):
@@ -86,12 +89,26 @@ def summarize(sweep_dir: Path, parent: str | None) -> None:
         return
     common = set(jobs[0][0]).intersection(*(set(o) for o, _ in jobs[1:]))
     labels = [" ".join(o for o in overrides if o not in common) or "(all)" for overrides, _ in jobs]
-    lines = [
-        "",
-        summary_table([(label, r) for label, (_, r) in zip(labels, jobs, strict=True)]),
-        "",
-        f"sweep folder: {sweep_dir}",
-    ]
+    table = summary_table([(label, r) for label, (_, r) in zip(labels, jobs, strict=True)])
+    lines = ["", table, "", f"sweep folder: {sweep_dir}"]
     if parent:
         lines.append(f"MLflow parent run: {parent} (make ui)")
+    lines.append(f"report: idistill-report plot=loss runs={sweep_dir}")
     print("\n".join(lines), flush=True)
+    if parent and mlflow_client is not None:
+        best = best_job([r for _, r in jobs])
+        _log_summary(mlflow_client, parent, sweep_dir, table, labels, best)
+
+
+def _log_summary(mlflow_client, parent: str, sweep_dir: Path, table, labels, best) -> None:
+    """The sweep's table as an artifact of its parent run, and its best job's metrics."""
+    try:
+        (sweep_dir / SUMMARY_FILE).write_text(table + "\n")
+        mlflow_client.log_artifact(parent, str(sweep_dir / SUMMARY_FILE))
+        if best is not None:
+            index, result = best
+            for name, value in result["metrics"].items():
+                mlflow_client.log_metric(parent, f"best_job/{name}", value)
+            mlflow_client.set_tag(parent, "best_job", labels[index])
+    except Exception as e:  # the summary is printed already; tracking must not fail the sweep
+        log.warning("could not log the sweep summary to MLflow run %s (%s)", parent, e)

@@ -49,3 +49,15 @@ def summary_table(jobs: Sequence[tuple[str, dict | None]], selection: str = "bes
                          enumerate(zip(cells, widths, strict=True))).rstrip()  # fmt: skip
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def best_job(results: Sequence[dict | None]) -> tuple[int, dict] | None:
+    """(index, result) of the job with the highest objective (the test BLEU, or an NLU task's
+    test metric: what the sweep returns to Hydra), or None when no job has one."""
+    scored = [
+        (r["objective"], i) for i, r in enumerate(results) if r and r.get("objective") is not None
+    ]
+    if not scored:
+        return None
+    index = max(scored)[1]
+    return index, results[index]

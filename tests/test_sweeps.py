@@ -44,3 +44,33 @@ def test_the_sweep_summary_labels_jobs_by_the_overrides_that_differ(tmp_path, ca
     assert "35.20" in rows["method=baseline"] and "40.10" in rows["method=intra_distill"]
     assert " yes " in rows["method=intra_distill"] and " no " in rows["method=baseline"]
     assert f"sweep folder: {tmp_path}" in out and "MLflow parent run: abc123" in out
+
+
+def test_the_parent_run_gets_the_table_and_the_best_jobs_metrics(tmp_path, capsys):
+    from idistill.tracking import client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow = client(uri)
+    parent = mlflow.create_run(mlflow.create_experiment("sweep")).info.run_id
+    sweep = tmp_path / "sweep"
+    for n, (method, bleu) in enumerate((("baseline", 35.2), ("intra_distill", 40.1))):
+        job = sweep / str(n)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(json.dumps([f"method={method}"]))
+        write_result(job, _result(bleu, 2.0, 600, False), seconds=60.0)
+    summarize(sweep, parent=parent, mlflow_client=mlflow)
+    assert f"idistill-report plot=loss runs={sweep}" in capsys.readouterr().out
+    run = mlflow.get_run(parent)
+    assert run.data.metrics == {"best_job/test/bleu": 40.1}
+    assert run.data.tags["best_job"] == "method=intra_distill"
+    (artifact,) = mlflow.list_artifacts(parent)
+    assert artifact.path == "sweep_summary.txt"
+    assert "40.10" in (sweep / "sweep_summary.txt").read_text()
+
+
+def test_the_best_job_is_the_highest_objective_and_none_without_one():
+    from idistill.sweeps import best_job
+
+    results = [{"objective": 30.0}, None, {"objective": 0.0}, {"objective": 31.5}]
+    assert best_job(results) == (3, {"objective": 31.5})
+    assert best_job([{"objective": None}, None]) is None
