@@ -47,10 +47,18 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="idistill-bench", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument(
-        "--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16"
+        "--precision",
+        default="auto",
+        help="comma list of auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (default: auto); "
+        "the targets are computed at the first",
     )
-    p.add_argument("--models", default="transformer_tiny,transformer_small")
-    p.add_argument("--tokens", type=int, default=4000, help="target tokens per training batch")
+    p.add_argument(
+        "--shapes",
+        default="multi30k,iwslt",
+        help="training shapes, comma-separated: demo (transformer_tiny, 1.5K vocabulary, 1,024 "
+        "tokens), multi30k (transformer_cpu, 6K, 2,048), iwslt (transformer_small, 12K, 4,000); "
+        "the targets are computed at the last",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed steps per measurement")
     p.add_argument("--sentences", type=int, default=200, help="sentences for beam search")
     p.add_argument(
@@ -58,88 +66,93 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default="loss",
         help="trainer.compile settings to time, comma-separated: none,loss,model (default: loss)",
     )
-    p.add_argument("--skip", default="", help="comma list of sections: train,divergence,beam,data")
+    p.add_argument("--jobs", type=int, default=2, help="concurrent processes (concurrency)")
+    p.add_argument(
+        "--skip", default="", help="comma list of sections: train,concurrency,divergence,beam,data"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs")
     p.add_argument("--out", default="bench.json", help="JSON results (default: bench.json)")
     return p.parse_args(argv)
 
 
+def _check(args: argparse.Namespace) -> None:
+    from idistill.bench import SHAPES
+
+    unknown = set(args.compile.split(",")) - {"none", "loss", "model"}
+    if unknown:
+        raise SystemExit(f"idistill-bench: --compile takes none, loss, model (got {unknown})")
+    unknown = set(args.shapes.split(",")) - set(SHAPES)
+    if unknown:
+        raise SystemExit(f"idistill-bench: --shapes takes {', '.join(SHAPES)} (got {unknown})")
+    unknown = set(args.precision.split(",")) - {"auto", "fp32", "bf16"}
+    if unknown:
+        raise SystemExit(f"idistill-bench: --precision takes auto, fp32, bf16 (got {unknown})")
+
+
 def run(argv: list[str] | None = None) -> dict:
     """Run the benchmarks that `argv` selects; print the tables, write and return the JSON."""
     args = _args(argv)
+    _check(args)
     import torch
 
     from idistill import bench
     from idistill.engine.device import autocast_dtype, pick_device
 
     device = pick_device(args.device)
-    amp = autocast_dtype(args.precision, device)
+    amps = [autocast_dtype(p, device) for p in args.precision.split(",")]
+    shapes = {name: bench.SHAPES[name] for name in args.shapes.split(",")}
     if args.quick:
-        args.models, args.tokens, args.repeats, args.sentences = "transformer_tiny", 500, 1, 8
+        shapes = {"quick": ("transformer_tiny", 2_000, 500)}
+        args.repeats, args.sentences = 1, 8
     skip = set(filter(None, args.skip.split(",")))
-    unknown = set(args.compile.split(",")) - {"none", "loss", "model"}
-    if unknown:
-        raise SystemExit(f"idistill-bench: --compile takes none, loss, model (got {unknown})")
-    vocab = 2_000 if args.quick else 12_000
     result: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "precision": str(amp).replace("torch.", "") if amp else "fp32",
+        "precision": ",".join(bench.precision_name(a) for a in amps),
         "allocator": os.environ.get("LD_PRELOAD", "") or "default",
     }
-    result["matmul_gflops"] = bench.matmul_gflops(
-        device, amp or torch.float32, 512 if args.quick else 2048
-    )
+    result["matmul_gflops"] = {
+        bench.precision_name(a): bench.matmul_gflops(
+            device, a or torch.float32, 512 if args.quick else 2048
+        )
+        for a in dict.fromkeys(amps)
+    }
     print(
         f"device {result['device']} | torch {result['torch']} | {result['threads']} threads | "
-        f"{result['precision']} | allocator {result['allocator']}\n"
-        f"matmul: {result['matmul_gflops']:.1f} GFLOP/s ({result['precision']})",
+        f"allocator {result['allocator']}\nmatmul: "
+        + ", ".join(f"{g:.1f} GFLOP/s ({p})" for p, g in result["matmul_gflops"].items()),
         flush=True,
     )
-
+    last_model, vocab, tokens = list(shapes.values())[-1]  # divergence, beam search: the last
     if "train" not in skip:
-        rows = []
-        variants = [(1, "concat"), (3, "concat"), (3, "loop")]
-        for name in args.models.split(","):
-            for compiled in args.compile.split(","):
-                for k, passes in variants:
-                    row = isolated(
-                        bench.bench_train_step,
-                        name, k=k, passes=passes, device=device, vocab=vocab,
-                        target_tokens=args.tokens, amp=amp, compile=compiled,
-                        repeats=args.repeats,
-                    )  # fmt: skip
-                    row["compile"] = compiled
-                    row["matmul_fraction"] = row["gflops"] / result["matmul_gflops"]
-                    rows.append(row)
-                    print(
-                        f"  {name} K={k} {passes} compile={compiled}: {row['ms_per_step']:.0f} ms",
-                        flush=True,
-                    )
-        result["train_step"] = rows
-        print("\ntraining step (forward, loss, backward, AdamW)")
+        result["train_step"] = _train_rows(args, shapes, amps, device, result["matmul_gflops"])
+    if "concurrency" not in skip and device.type == "cpu":
+        shape = shapes["quick"] if args.quick else bench.SHAPES["demo"]
+        rows = bench.bench_concurrency(
+            shape,
+            jobs=args.jobs,
+            repeats=args.repeats + 2,
+            compile="none" if args.quick else "loss",
+        )
+        result["concurrency"] = rows
+        print(f"\n{args.jobs} training processes at once on the CPU (K=1 updates of {shape[0]})")
         print(
             _table(
                 rows,
                 [
-                    ("model", "model", ""),
-                    ("K", "k", "d"),
-                    ("passes", "passes", ""),
-                    ("compile", "compile", ""),
-                    ("tokens", "target_tokens", "d"),
-                    ("ms/step", "ms_per_step", ".0f"),
-                    ("tok/s", "tokens_per_s", ".0f"),
-                    ("peak MB", "peak_mb", ".0f"),
-                    ("GFLOP/s", "gflops", ".1f"),
-                    ("of matmul", "matmul_fraction", ".0%"),
+                    ("policy", "policy", ""),
+                    ("threads each", "threads", "d"),
+                    ("alone ms", "alone_ms", ".0f"),
+                    ("together ms", "together_ms", ".0f"),
+                    ("slowdown", "slowdown", ".2f"),
                 ],
             )  # fmt: skip
         )
     if "divergence" not in skip:
         rows = [
-            isolated(bench.bench_divergence, device, impl, tokens=args.tokens, vocab=vocab,
+            isolated(bench.bench_divergence, device, impl, tokens=tokens, vocab=vocab,
                      repeats=args.repeats)
             for impl in ("autograd", "fused", "compiled")
         ]  # fmt: skip
@@ -164,10 +177,10 @@ def run(argv: list[str] | None = None) -> dict:
             device,
             sentences=args.sentences,
             vocab=vocab,
-            model_name=args.models.split(",")[-1],
+            model_name=last_model,
         )
         result["beam_search"] = rows
-        print(f"\nbeam search (beam 5, {args.models.split(',')[-1]}, random weights)")
+        print(f"\nbeam search (beam 5, {last_model}, random weights)")
         print(
             _table(
                 rows,
@@ -204,14 +217,64 @@ def run(argv: list[str] | None = None) -> dict:
     return result
 
 
+def _train_rows(args, shapes: dict, amps: list, device, matmul: dict) -> list[dict]:
+    """An optimizer update for each shape, precision, compile setting and K variant."""
+    from idistill import bench
+
+    rows = []
+    variants = [(1, "concat"), (3, "concat"), (3, "loop")]
+    for shape, (model, vocab, tokens) in shapes.items():
+        for amp in amps:
+            for compiled in args.compile.split(","):
+                for k, passes in variants:
+                    row = isolated(
+                        bench.bench_train_step,
+                        model, k=k, passes=passes, device=device, vocab=vocab,
+                        target_tokens=tokens, amp=amp, compile=compiled, repeats=args.repeats,
+                    )  # fmt: skip
+                    row.update(shape=shape, compile=compiled)
+                    row["matmul_fraction"] = row["gflops"] / matmul[row["precision"]]
+                    rows.append(row)
+                    print(
+                        f"  {shape} {row['precision']} K={k} {passes} compile={compiled}: "
+                        f"{row['ms_per_step']:.0f} ms",
+                        flush=True,
+                    )
+    print("\ntraining step (forward, loss, backward, AdamW)")
+    print(
+        _table(
+            rows,
+            [
+                ("shape", "shape", ""),
+                ("model", "model", ""),
+                ("precision", "precision", ""),
+                ("K", "k", "d"),
+                ("passes", "passes", ""),
+                ("compile", "compile", ""),
+                ("tokens", "target_tokens", "d"),
+                ("ms/step", "ms_per_step", ".0f"),
+                ("tok/s", "tokens_per_s", ".0f"),
+                ("peak MB", "peak_mb", ".0f"),
+                ("GFLOP/s", "gflops", ".1f"),
+                ("of matmul", "matmul_fraction", ".0%"),
+            ],
+        )  # fmt: skip
+    )
+    return rows
+
+
 def _targets(result: dict) -> dict:
     """The issue's target ratios from the last model measured, at the first compile setting."""
     out: dict = {}
     steps = result.get("train_step", [])
-    steps = [r for r in steps if r["compile"] == steps[0]["compile"]]
+    first = steps[0] if steps else {}
+    steps = [
+        r for r in steps
+        if r["compile"] == first["compile"] and r["precision"] == first["precision"]
+    ]  # fmt: skip
     if steps:
-        last = steps[-1]["model"]
-        by = {(r["k"], r["passes"]): r for r in steps if r["model"] == last}
+        last = steps[-1]["shape"]
+        by = {(r["k"], r["passes"]): r for r in steps if r["shape"] == last}
         k1, k3 = by.get((1, "concat")), by.get((3, "concat"))
         if k1 and k3:
             out["k3_time_ratio"] = k3["ms_per_step"] / k1["ms_per_step"]

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -31,6 +33,18 @@ def _hydra_runtime() -> tuple[Path | None, Path | None]:
     return Path(hc.runtime.output_dir), sweep_dir
 
 
+def _parallel_jobs() -> int:
+    """How many jobs of this sweep run at once on this machine: n_jobs of the joblib launcher
+    (-1: one per core), else 1."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return 1
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n_jobs = int(launcher.get("n_jobs") or 1)
+    return len(os.sched_getaffinity(0)) if n_jobs < 0 else n_jobs
+
+
 def run_name(settings) -> str:
     """The MLflow run's name: what ran (`iwslt14-de intra_distill K3 a5 s1`); a sweep job's
     starts with its number and ends with its overrides that the name does not already say."""
@@ -45,10 +59,16 @@ def run_name(settings) -> str:
 def run(cfg: DictConfig, output_dir: Path | None = None, progress: bool = True):
     """Run one job from a composed config (the undecorated entry point that tests call)."""
     from idistill.config import settings_from_dict
+    from idistill.engine.device import thread_share
     from idistill.runs import launch
 
     settings = settings_from_dict(OmegaConf.to_container(cfg, resolve=True))
     _check_installed(settings)
+    jobs = _parallel_jobs()
+    if jobs > 1 and settings.trainer.num_threads is None:  # each job its share of the cores
+        threads = thread_share(jobs)
+        settings = replace(settings, trainer=replace(settings.trainer, num_threads=threads))
+        log.info("%d jobs at once: trainer.num_threads=%d for this one", jobs, threads)
     hydra_out, sweep_dir = _hydra_runtime()
     out_dir = output_dir or hydra_out or Path.cwd()
     name = run_name(settings)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import multiprocessing
+import os
 import resource
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -24,6 +27,7 @@ import yaml
 
 from idistill.config import MethodSettings
 from idistill.data.batching import collate, token_batches
+from idistill.engine.device import thread_share
 from idistill.models.transformer import Seq2SeqTransformer, model_config
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3  # idistill's sentencepiece ids
@@ -39,6 +43,11 @@ class Timing:
 
 
 # ---------------------------------------------------------------- measurement
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    """fp32 (no autocast), bfloat16 or float16."""
+    return str(amp).replace("torch.", "") if amp else "fp32"
 
 
 def _sync(device: torch.device) -> None:
@@ -145,6 +154,50 @@ def build(name: str, vocab: int, device: torch.device) -> Seq2SeqTransformer:
 # ---------------------------------------------------------------- benchmarks
 
 
+# A training shape: (model config, vocabulary, target tokens a batch).
+SHAPES = {
+    "demo": ("transformer_tiny", 1_500, 1_024),  # experiment=demo
+    "multi30k": ("transformer_cpu", 6_000, 2_048),  # experiment=multi30k_converged
+    "iwslt": ("transformer_small", 12_000, 4_000),  # the paper's IWSLT'14 runs
+}
+
+
+def _train_step(
+    model_name: str,
+    *,
+    k: int,
+    passes: str,
+    device: torch.device,
+    vocab: int,
+    target_tokens: int,
+    amp: torch.dtype | None,
+    compile: str,
+) -> tuple[Callable[[], object], dict]:
+    """(one optimizer update as a function, its batch): the engine's step on a fresh model."""
+    from idistill.engine.step import step as train_step
+    from idistill.losses import LabelSmoothedCE
+    from idistill.recipes.translation import seq2seq_loss
+    from idistill.sage import make_optimizer
+
+    model = build(model_name, vocab, device)
+    model.train()
+    optimizer = make_optimizer(model, "adamw", 5e-4, (0.9, 0.98), 1e-8, 1e-4)
+    batch = training_batch(target_tokens, vocab)
+    method = MethodSettings(k=k, alpha=5.0, passes=passes, schedule="constant")
+    runner = torch.compile(model) if compile == "model" else model
+    loss_fn = seq2seq_loss(
+        method, LabelSmoothedCE(0.1, PAD), fused=True, compiled=compile != "none"
+    )
+
+    def step():
+        return train_step(
+            runner, optimizer, [batch], loss_fn, alpha=5.0, units=lambda b: int(b["ntokens"]),
+            device=device, amp=amp,
+        )  # fmt: skip
+
+    return step, batch
+
+
 def bench_train_step(
     model_name: str,
     *,
@@ -160,28 +213,10 @@ def bench_train_step(
 ) -> dict:
     """One optimizer update of `model_name` on ~`target_tokens` target tokens (K passes).
     compile: as trainer.compile (none | loss | model)."""
-    from idistill.engine.step import step as train_step
-    from idistill.losses import LabelSmoothedCE
-    from idistill.recipes.translation import seq2seq_loss
-    from idistill.sage import make_optimizer
-
-    model = build(model_name, vocab, device)
-    model.train()
-    optimizer = make_optimizer(model, "adamw", 5e-4, (0.9, 0.98), 1e-8, 1e-4)
-    batch = training_batch(target_tokens, vocab)
-    method = MethodSettings(k=k, alpha=5.0, passes=passes, schedule="constant")
-    runner = torch.compile(model) if compile == "model" else model
-
-    loss_fn = seq2seq_loss(
-        method, LabelSmoothedCE(0.1, PAD), fused=True, compiled=compile != "none"
-    )
-
-    def step():
-        return train_step(
-            runner, optimizer, [batch], loss_fn, alpha=5.0, units=lambda b: int(b["ntokens"]),
-            device=device, amp=amp,
-        )  # fmt: skip
-
+    step, batch = _train_step(
+        model_name, k=k, passes=passes, device=device, vocab=vocab,
+        target_tokens=target_tokens, amp=amp, compile=compile,
+    )  # fmt: skip
     flops = count_flops(step)  # doubles as the first warm-up step
     t = measure(step, device, warmup=warmup, repeats=repeats)
     ntokens = int(batch["ntokens"])
@@ -189,6 +224,7 @@ def bench_train_step(
         "model": model_name,
         "k": k,
         "passes": passes,
+        "precision": precision_name(amp),
         "sentences": int(batch["target"].shape[0]),
         "target_tokens": ntokens,
         "ms_per_step": 1000 * t.seconds,
@@ -198,6 +234,75 @@ def bench_train_step(
         "gflops": flops / t.seconds / 1e9,
         "all_ms": [1000 * s for s in t.all_seconds],
     }
+
+
+def _step_alongside_others(
+    barrier, shape: tuple, threads: int | None, repeats: int, compile: str
+) -> float:
+    """In one of several processes: warm up a K=1 CPU update of `shape` (model, vocabulary,
+    tokens), wait until every process is warm, then return the median seconds of `repeats`
+    updates run together."""
+    if threads:
+        torch.set_num_threads(threads)
+    model_name, vocab, tokens = shape
+    cpu = torch.device("cpu")
+    step, _ = _train_step(
+        model_name, k=1, passes="concat", device=cpu, vocab=vocab, target_tokens=tokens,
+        amp=None, compile=compile,
+    )  # fmt: skip
+    step()  # compiles
+    barrier.wait()
+    return measure(step, cpu, warmup=1, repeats=repeats).seconds
+
+
+def _together(
+    jobs: int, shape: tuple, threads: int | None, env: dict, repeats: int, compile: str
+) -> float:
+    """The slowest of `jobs` processes' seconds a step, each training at the same time."""
+    ctx = multiprocessing.get_context("spawn")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the workers start with it (OpenMP reads it when torch loads)
+    try:
+        with ctx.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            barrier = manager.Barrier(jobs)
+            futures = [
+                pool.submit(_step_alongside_others, barrier, shape, threads, repeats, compile)
+                for _ in range(jobs)
+            ]
+            return max(f.result() for f in futures)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+
+
+# How concurrent runs share the cores: (name, threads per process from (cores, jobs), env).
+THREAD_POLICIES = [
+    ("torch default", lambda cores, jobs: None, {}),
+    ("passive OpenMP wait", lambda cores, jobs: None, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ("cores / jobs threads", lambda cores, jobs: thread_share(jobs), {}),
+]
+
+
+def bench_concurrency(
+    shape: tuple = SHAPES["demo"], jobs: int = 2, repeats: int = 5, compile: str = "loss"
+) -> list[dict]:
+    """Seconds a K=1 CPU update of `shape` (model, vocabulary, tokens) takes when `jobs`
+    training processes share the machine, under each thread policy, against one process
+    alone with torch's defaults."""
+    cores = len(os.sched_getaffinity(0))
+    alone = _together(1, shape, None, {}, repeats, compile)
+    rows = []
+    for name, threads_for, env in THREAD_POLICIES:
+        threads = threads_for(cores, jobs)
+        seconds = _together(jobs, shape, threads, env, repeats, compile)
+        rows.append({
+            "policy": name, "model": shape[0], "jobs": jobs, "threads": threads or cores,
+            "alone_ms": 1000 * alone, "together_ms": 1000 * seconds, "slowdown": seconds / alone,
+        })  # fmt: skip
+    return rows
 
 
 def bench_divergence(

@@ -41,7 +41,7 @@ def sensitivity_sample(run) -> np.ndarray | None:
 
 
 def artifact_lines(run, name: str) -> list[str] | None:
-    """The lines of a run's text artifact (test.hyp, test.ref), or None."""
+    """The lines of a run's text artifact (test.hyp.txt, test.ref.txt), or None."""
     return artifact(run, name, lambda path: path.read_text(encoding="utf-8").split("\n")[:-1])
 
 

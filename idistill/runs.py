@@ -202,8 +202,26 @@ def run_one(
     except BaseException:
         tracker.finish("FAILED")
         raise
+    log_curves(tracker, out_dir)
     tracker.finish("FINISHED")
     return result, tracker.run_id
+
+
+CURVES = ("train/loss", "valid/loss", "train/alpha")  # the PNG every tracked run logs
+
+
+def log_curves(tracker, out_dir: Path) -> None:
+    """<run dir>/training_curves.png (loss, validation loss, alpha against updates, from the
+    run's journal) as an artifact of its MLflow run; nothing when the run tracked nothing."""
+    from idistill.analysis.plots import run_curves
+
+    series = {name: tracker.history(name) for name in CURVES}
+    if not any(series.values()):
+        return
+    try:
+        tracker.log_artifact(run_curves(series, out_dir / "training_curves.png"))
+    except (OSError, ValueError) as e:  # a plot is never worth the run
+        log.warning("training curves not plotted (%s)", e)
 
 
 class Terminated(KeyboardInterrupt):

@@ -106,9 +106,22 @@ class Table:
         ]
 
 
+# A translation run's test hypotheses and references, as files of its run folder and MLflow
+# artifacts (.txt: the MLflow UI previews them); runs made before kept them as test.hyp/.ref.
+HYPOTHESES, REFERENCES = "test.hyp.txt", "test.ref.txt"
+LEGACY = {HYPOTHESES: "test.hyp", REFERENCES: "test.ref"}
+
+
+def test_lines(run, name: str, lines_of) -> list[str] | None:
+    """The lines of a run's HYPOTHESES or REFERENCES artifact, under its current or legacy
+    name; None where the run stored neither."""
+    lines = lines_of(run, name)
+    return lines if lines is not None else lines_of(run, LEGACY[name])
+
+
 def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> None:
     """sacreBLEU's paired bootstrap of every row against the baseline row (its first seed that
-    both have) from the runs' test.hyp / test.ref artifacts; sets each Value's p_value.
+    both have) from the runs' test hypotheses and references; sets each Value's p_value.
     lines_of(run, name) -> the artifact's lines, or None where it was not stored."""
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
@@ -128,13 +141,13 @@ def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> N
                 continue
             other = seeds[pair.data.params.get("seed")]
             hyp, ref, base_hyp = (
-                lines_of(pair, "test.hyp"),
-                lines_of(pair, "test.ref"),
-                lines_of(other, "test.hyp"),
+                test_lines(pair, HYPOTHESES, lines_of),
+                test_lines(pair, REFERENCES, lines_of),
+                test_lines(other, HYPOTHESES, lines_of),
             )
             if hyp is None or ref is None or base_hyp is None:
                 table.notes.append(
-                    f"no significance test for {name} ({col}): no test.hyp / test.ref"
+                    f"no significance test for {name} ({col}): no {HYPOTHESES} / {REFERENCES}"
                 )
                 continue
             test = PairedTest(

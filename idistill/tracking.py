@@ -34,6 +34,9 @@ class NullTracker:
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 
+    def history(self, metric: str) -> list[tuple[int, float]]:
+        return []
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
 
@@ -367,6 +370,14 @@ class MlflowTracker:
 
     def log_params(self, params: dict[str, Any]) -> None:
         self._record({"op": "params", "params": flatten(params)})
+
+    def history(self, metric: str) -> list[tuple[int, float]]:
+        """(step, value) of every point of `metric` this run journaled (also before a resume)."""
+        return [
+            (e["step"], e["metrics"][metric])
+            for e in self.journal.events
+            if e["op"] == "metrics" and metric in e["metrics"]
+        ]
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         new = {k: float(v) for k, v in metrics.items() if self.logged_steps.get(k, -1) < step}

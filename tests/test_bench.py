@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -25,14 +26,34 @@ def test_quick_bench_writes_every_section_and_the_target_ratios(tmp_path, capsys
     assert {r["impl"] for r in result["divergence"]} == {"autograd", "fused", "compiled"}
     assert result["beam_search"][0]["sentences"] == 8
     assert {r["stage"] for r in result["data"]} >= {"sentencepiece encode", "collate"}
+    together = result["concurrency"]  # two processes training at once, under each policy
+    assert [r["policy"] for r in together] == [name for name, _, _ in bench.THREAD_POLICIES]
+    assert all(r["together_ms"] > 0 and r["slowdown"] > 0 for r in together)
+    assert together[-1]["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert set(result["targets"]) >= {"k3_time_ratio", "k3_memory_ratio", "k1_matmul_fraction"}
     printed = capsys.readouterr().out
     assert "targets (ratios measured in this run)" in printed and "K=3 step time" in printed
 
 
-def test_bench_refuses_an_unknown_compile_setting():
+def test_bench_refuses_an_unknown_compile_setting_shape_or_precision():
     with pytest.raises(SystemExit, match="--compile takes none, loss, model"):
         run(["--quick", "--compile", "fast"])
+    with pytest.raises(SystemExit, match="--shapes takes demo, multi30k, iwslt"):
+        run(["--quick", "--shapes", "wmt"])
+    with pytest.raises(SystemExit, match="--precision takes auto, fp32, bf16"):
+        run(["--quick", "--precision", "fp8"])
+
+
+def test_bench_rows_carry_their_precision_and_the_targets_use_the_first(tmp_path):
+    result = run(
+        ["--quick", "--compile", "none", "--precision", "fp32,bf16", "--out", str(tmp_path / "b"),
+         "--skip", "concurrency,divergence,beam,data"]
+    )  # fmt: skip
+    steps = result["train_step"]
+    assert [r["precision"] for r in steps] == ["fp32"] * 3 + ["bfloat16"] * 3
+    assert set(result["matmul_gflops"]) == {"fp32", "bfloat16"}
+    k1, k3 = steps[0], steps[1]
+    assert result["targets"]["k3_time_ratio"] == k3["ms_per_step"] / k1["ms_per_step"]
 
 
 def test_training_batch_has_about_the_requested_target_tokens():

@@ -53,10 +53,14 @@ def test_small_run_logs_metrics_params_and_bleu(make_cfg, tmp_path):
     assert alphas[0].value < alphas[-1].value  # the adaptive schedule rises
     valid = mlflow.get_metric_history(r.info.run_id, "valid/loss")
     assert [v.step for v in valid] == [3, 6]
-    assert (tmp_path / "run" / "test.hyp").read_text().count("\n") == 20
+    assert (tmp_path / "run" / "test.hyp.txt").read_text().count("\n") == 20
     assert read_result(tmp_path / "run")["metrics"] == result.metrics
     assert set(result.metrics) == {"test/bleu", "test/chrf"} and result.metrics["test/chrf"] > 0
     assert r.data.metrics["test/chrf"] == result.metrics["test/chrf"]
+    artifacts = {a.path for a in mlflow.list_artifacts(r.info.run_id)}
+    assert {"test.hyp.txt", "test.ref.txt", "training_curves.png"} <= artifacts
+    png = (tmp_path / "run" / "training_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000  # two panels of curves
 
 
 def _final_weights(save_dir):

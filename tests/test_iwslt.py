@@ -443,7 +443,7 @@ def test_a_run_trains_on_the_archive_and_scores_the_lowercased_references(
     text = _raw(tmp_path, archive)
     assert data.references["test"] == [en for _, en in text["test"]]
     assert len(data.splits["valid"]) == len(text["valid"]) > 0
-    hyps = (tmp_path / "run" / "test.hyp").read_text(encoding="utf-8").split("\n")[:-1]
+    hyps = (tmp_path / "run" / "test.hyp.txt").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(hyps) == len(text["test"])
     # "&" (of "&amp;") occurs in the test text only: a piece only when sentencepiece saw it
     amp_is_unknown = data.tokenizer.unk_id in data.tokenizer.encode("&")

@@ -6,6 +6,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from test_cli import _run
 
+from idistill.engine.device import thread_share
 from idistill.tracking import client
 
 from conftest import SMALL_RUN
@@ -45,7 +46,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_processes_into_one_parent_run(tmp_pa
         f"data_dir={tmp_path / 'data'}",
         f"tracking.uri=sqlite:///{db}",
     ]
-    out = _run(args, tmp_path, env={"OMP_NUM_THREADS": "1"})
+    out = _run(args, tmp_path)  # no OMP_NUM_THREADS: each job takes its share by itself
     assert out.returncode == 0, out.stderr[-3000:]
     mlflow = client(f"sqlite:///{db}")
     runs = mlflow.search_runs([mlflow.get_experiment_by_name("synthetic").experiment_id])
@@ -53,3 +54,5 @@ def test_joblib_sweep_runs_jobs_in_parallel_processes_into_one_parent_run(tmp_pa
     assert len(runs) == 3 and len(children) == 2
     assert all(r.info.status == "FINISHED" for r in runs)
     assert sorted(r.data.params["method.alpha"] for r in children) == ["0.0", "1.0"]
+    share = str(thread_share(2))  # the cores split between the two jobs
+    assert [r.data.params["trainer.num_threads"] for r in children] == [share, share]

@@ -415,3 +415,21 @@ def test_the_multi30k_report_shows_bleu_chrf_and_best_valid_loss_with_the_bootst
     [(alpha, [value])] = chosen.tables[0].rows
     assert alpha == "2" and chosen.tables[0].headers == ["K=2"]
     assert value.values == [pytest.approx(runs["intra_distill2"].data.metrics["best/valid/loss"])]
+
+
+def test_significance_reads_the_txt_artifacts_and_those_of_older_runs():
+    from idistill.tables import HYPOTHESES, REFERENCES, test_lines
+
+    stored = {
+        ("new", "test.hyp.txt"): ["a"],
+        ("old", "test.hyp"): ["b"],
+        ("old", "test.ref"): ["c"],
+    }
+
+    def lines_of(run, name):
+        return stored.get((run, name))
+
+    assert test_lines("new", HYPOTHESES, lines_of) == ["a"]
+    assert test_lines("old", HYPOTHESES, lines_of) == ["b"]  # made before the .txt names
+    assert test_lines("old", REFERENCES, lines_of) == ["c"]
+    assert test_lines("new", REFERENCES, lines_of) is None

@@ -156,6 +156,22 @@ def loss_curves(
     return _save(fig, path)
 
 
+def run_curves(series: Mapping[str, Sequence[tuple[int, float]]], path: Path) -> Path:
+    """One run's training at a glance: the training and validation loss, and alpha, against
+    updates (the metrics it logged; a metric with no points is left out)."""
+    losses = {k: v for k, v in series.items() if k.endswith("loss") and v}
+    others = {k: v for k, v in series.items() if not k.endswith("loss") and v}
+    fig, axes = _figure(width=9.6, ncols=2)
+    for ax, group, ylabel in ((axes[0], losses, "loss"), (axes[1], others, "value")):
+        for name, points in group.items():
+            steps, values = _columns("series", name, points)
+            ax.plot(steps, values, label=name)
+        if group:
+            ax.legend(frameon=False)
+        _label(ax, "updates", ylabel, ", ".join(group) or "(not logged)")
+    return _save(fig, path)
+
+
 def metric_vs_k(
     points: Mapping[str, Sequence[tuple[int, float, float]]], path: Path, *, metric: str = "BLEU"
 ) -> Path:

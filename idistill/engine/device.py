@@ -3,6 +3,7 @@ the random state a checkpoint carries."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import torch
@@ -15,6 +16,12 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("trainer.device=cuda but no GPU is visible; use trainer.device=auto")
     return torch.device(name)
+
+
+def thread_share(jobs: int) -> int:
+    """Intra-op threads for each of `jobs` processes training at once on this machine's cores
+    (those this process may run on): each its share, so their OpenMP threads do not fight."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, jobs))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -26,6 +26,7 @@ from idistill.losses import LabelSmoothedCE, label_smoothed_nll_loss
 from idistill.models.encoder import is_encoder
 from idistill.models.transformer import Seq2SeqTransformer, model_config
 from idistill.sage import make_optimizer
+from idistill.tables import HYPOTHESES, REFERENCES
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +290,12 @@ class TranslationRecipe(Recipe):
         )
 
     def test(self, model, out_dir: Path, tracker, progress: bool) -> TestResult:
-        """Beam search on the test set, sacreBLEU against the raw references; test.hyp and
-        test.ref as artifacts (idistill-report's paired bootstrap needs both sides)."""
+        """Beam search on the test set, sacreBLEU against the raw references; test.hyp.txt and
+        test.ref.txt as artifacts (idistill-report's paired bootstrap needs both sides)."""
         test, refs = self._test_set()
         hyps = self._translate(model, test, progress)
         bleu, chrf = corpus_bleu(hyps, refs), corpus_chrf(hyps, refs)
-        for name, lines in (("test.hyp", hyps), ("test.ref", refs)):
+        for name, lines in ((HYPOTHESES, hyps), (REFERENCES, refs)):
             path = out_dir / name
             path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
             tracker.log_artifact(path)
