@@ -48,20 +48,68 @@ def attach_runs(cells: Sequence[Cell], client, logged: Callable[[Cell, Any], boo
 
 
 def missing_notes(cells: Sequence[Cell]) -> list[str]:
-    """'missing: idistill ...' for every cell (and seed of the sweep) without a finished run;
+    """How many runs are missing (every cell, and seed of the sweep, without a finished or an
+    unfinished run) and the fewest `idistill -m` sweeps found that make exactly those;
     'unfinished: ...' for runs that a resume would continue."""
-    out = []
+    missing, resume = [], []
     for cell in cells:
         have = {r.data.params.get("seed") for r in cell.runs}
+        started = {r.data.params.get("seed") if cell.seeds else None for r in cell.unfinished}
         for seed in cell.seeds or [None]:
-            if (seed is None and not cell.runs) or (seed is not None and seed not in have):
-                out.append(f"missing: {cell.command(seed)}")
+            done = bool(cell.runs) if seed is None else seed in have
+            if not done and seed not in started:
+                missing.append((cell, seed))
         for run in cell.unfinished:  # the ones no finished run of the same seed replaces
             seed = run.data.params.get("seed") if cell.seeds else None
             if (seed in have) if cell.seeds else bool(cell.runs):
                 continue
-            out.append(
+            resume.append(
                 f"unfinished: run {run.info.run_id} is {run.info.status}; "
                 f"continue it: {cell.command(seed)} trainer.resume=true"
             )
-    return out
+    out = []
+    if missing:
+        commands = sweep_commands(missing)
+        total = len(cells) * max(len(cells[0].seeds), 1)
+        unit = "runs (cells x seeds)" if cells[0].seeds else "cells"
+        which = "this command makes" if len(commands) == 1 else f"these {len(commands)} make"
+        out.append(f"missing {len(missing)} of {total} {unit}; {which} them:")
+        out += [f"missing: {c}" for c in commands]
+    return out + resume
+
+
+def sweep_commands(points: Sequence[tuple[Cell, str | None]]) -> list[str]:
+    """`idistill` commands that make exactly the runs `points` (cell, seed or None): each a
+    sweep over a full grid of them, found by merging grids that differ in one key only (one
+    command where the points form a grid)."""
+    order: dict[tuple[str, str], int] = {}  # (key, value) -> its place in the experiment's grid
+    boxes = []  # grid key -> the values swept
+    for cell, seed in points:
+        values = {**cell.values, **({"seed": seed} if seed is not None else {})}
+        for kv in values.items():
+            order.setdefault(kv, len(order))
+        boxes.append({k: [v] for k, v in values.items()})
+    changed = True
+    while changed:  # exact: each box is a grid of missing runs, the boxes never overlap
+        changed = False
+        for key in list(boxes[0]):
+            groups: dict[tuple, list[dict[str, list[str]]]] = {}
+            for box in boxes:  # boxes equal but in `key` merge into one
+                rest = tuple((k, frozenset(vs)) for k, vs in box.items() if k != key)
+                groups.setdefault(rest, []).append(box)
+            changed |= len(groups) < len(boxes)
+            boxes = [
+                {
+                    **group[0],
+                    key: sorted({v for b in group for v in b[key]}, key=lambda v: order[key, v]),
+                }
+                for group in groups.values()
+            ]
+    cell = points[0][0]
+    base = [o for o in cell.overrides if o.partition("=")[0] not in (*cell.values, "seed")]
+    commands = []
+    for box in boxes:
+        sweep = any(len(vs) > 1 for vs in box.values())
+        swept = [f"{k}={','.join(vs)}" for k, vs in box.items()]
+        commands.append(" ".join(["idistill", *(["-m"] if sweep else []), *base, *swept]))
+    return commands

@@ -4,7 +4,7 @@ A target (idistill/targets.py) names the experiment config whose sweep makes its
 caller hands in the target's composed config and the cells of the sweep's grid, each composed as
 `idistill -m` composes it (cli/compose.py); a cell's runs are the FINISHED runs tagged with its
 hash (the config hash without the seed), so several seeds give mean +- std. Missing cells are
-shown as missing, with the command that makes them.
+shown as missing, with the sweep command that makes them; the paper's numbers sit under ours.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 from idistill.analysis import plots
 from idistill.cells import Cell, attach_runs
 from idistill.figures import DRAW, DRAWN_BY, artifact_lines
-from idistill.tables import Table, add_significance, paper_table
+from idistill.paper import add_paper_numbers
+from idistill.tables import Table, add_significance
 from idistill.targets import build_table, find_target, logs_what, per_language_table
 
 REPORT_EXPERIMENT = "idistill-report"  # the MLflow experiment that holds the report runs
@@ -132,8 +133,8 @@ def make_report(
             add_significance(table, rows, metrics, bootstrap, artifact_lines)
         if target.per_language:
             tables.append(per_language_table(target, rows))
-        if (vs_paper := paper_table(name, table)) is not None:
-            tables.append(vs_paper)
+        if (gains := add_paper_numbers(name, tables)) is not None:
+            tables.append(gains)
     files = write_outputs(name, tables, figures, out_dir)
     run_id = log_report(uri, name, params or {}, files) if track and uri else None
     return Report(tables, files, run_id)

@@ -1,5 +1,5 @@
 """Tables of run metrics: mean +- std over seeds, printed as text, Markdown and CSV; sacreBLEU's
-paired bootstrap between rows; the paper's numbers beside ours (idistill/paper.yaml)."""
+paired bootstrap between rows; the paper's numbers under a row (set by idistill/paper.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
-
-import yaml
 
 MISSING = "–"
 
@@ -22,6 +19,7 @@ class Value:
     values: list[float]
     run_ids: list[str] = field(default_factory=list)
     p_value: float | None = None  # paired bootstrap against the baseline row (BLEU)
+    paper: float | None = None  # the paper's number for this cell (idistill/paper.yaml)
 
     @property
     def mean(self) -> float | None:
@@ -41,6 +39,11 @@ class Value:
         if self.std is not None:
             out += f" ± {format(self.std, fmt)} ({len(self.values)})"
         return out + ("*" if self.p_value is not None and self.p_value < 0.05 else "")
+
+    @property
+    def vs_paper(self) -> float | None:
+        """Ours (the mean) minus the paper's number; None where either is missing."""
+        return None if self.mean is None or self.paper is None else self.mean - self.paper
 
 
 def value_of(runs: Sequence[Any], metric: str, scale: float = 1.0) -> Value:
@@ -65,7 +68,17 @@ class Table:
     fmt: str = ".2f"
 
     def _cells(self) -> list[list[str]]:
-        return [[name] + [v.text(self.fmt) for v in values] for name, values in self.rows]
+        """A line per row; under a row the paper has numbers for, the paper's and ours - paper."""
+        out = []
+        for name, values in self.rows:
+            out.append([name] + [v.text(self.fmt) for v in values])
+            if any(v.paper is not None for v in values):
+                out.append(["  paper", *(_number(v.paper, self.fmt) for v in values)])
+            if any(v.vs_paper is not None for v in values):
+                out.append(
+                    ["  ours - paper", *(_number(v.vs_paper, "+" + self.fmt) for v in values)]
+                )
+        return out
 
     def terminal(self) -> str:
         """Fixed-width text."""
@@ -99,11 +112,17 @@ class Table:
                 "std": v.std,
                 "n": len(v.values),
                 "p_value": v.p_value,
+                "paper": v.paper,
+                "ours_minus_paper": v.vs_paper,
                 "run_ids": " ".join(v.run_ids),
             }
             for name, values in self.rows
             for header, v in zip(self.headers, values, strict=True)
         ]
+
+
+def _number(x: float | None, fmt: str) -> str:
+    return MISSING if x is None else format(x, fmt)
 
 
 # A translation run's test hypotheses and references, as files of its run folder and MLflow
@@ -161,45 +180,4 @@ def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> N
     table.notes.append(
         f"*: p < 0.05 against the baseline (sacreBLEU paired bootstrap, {n_samples} samples, "
         "on the first seed both rows have)"
-    )
-
-
-def paper_numbers() -> list[dict[str, Any]]:
-    """The paper's numbers shipped with idistill (idistill/paper.yaml)."""
-    text = resources.files("idistill").joinpath("paper.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)["numbers"] or []
-
-
-def paper_table(name: str, table: Table) -> Table | None:
-    """Our number next to the paper's for every number the paper file holds for `name`: a
-    `value` is the cell itself, a `gain` the row minus the baseline row in that column."""
-    entries = [e for e in paper_numbers() if e["target"] == name]
-    if not entries:
-        return None
-    cells = {
-        (row, h): v
-        for row, values in table.rows
-        for h, v in zip(table.headers, values, strict=True)
-    }
-    rows = []
-    for e in entries:
-        ours = cells.get((e["row"], e["column"]), Value([])).mean
-        if e["quantity"] == "gain":
-            base = cells.get(("baseline", e["column"]), Value([])).mean
-            ours = None if ours is None or base is None else ours - base
-        diff = None if ours is None else ours - e["value"]
-        label = f"{e['row']} {e['column']} ({e['quantity']}; paper: {e['source']})"
-        rows.append(
-            (
-                label,
-                [
-                    Value([] if ours is None else [ours]),
-                    Value([e["value"]]),
-                    Value([] if diff is None else [diff]),
-                ],
-            )
-        )
-    note = "the paper's other numbers are not in idistill/paper.yaml (see its header)"
-    return Table(
-        f"{table.title}: against the paper", ["ours", "paper", "ours - paper"], rows, [note]
     )

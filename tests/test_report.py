@@ -105,9 +105,10 @@ def test_table_holds_the_runs_numbers_and_the_paired_bootstrap(store, tmp_path):
     logged = client(uri).list_artifacts(result.run_id)
     assert {f.path for f in logged} == {"table2.md", "table2.csv"}
     assert client(uri).get_run(result.run_id).data.tags["report"] == "table2"
-    versus = result.tables[-1]  # the paper's +3.54 BLEU average gain over the baseline
-    (label, (ours, paper, diff)), = versus.rows  # fmt: skip
-    assert ours.mean == pytest.approx(intra.mean - baseline.mean) and paper.mean == 3.54
+    gains = result.tables[-1]  # the paper's +3.54 BLEU: over all 8 pairs, ours over none
+    label, (ours, paper, diff) = gains.rows[0]
+    assert label.startswith("intra_distill - baseline, avg") and paper.mean == 3.54
+    assert not ours.values and not diff.values and intra.paper is None
 
 
 def test_missing_cells_are_shown_with_the_command_that_makes_them(store, tmp_path):
@@ -117,11 +118,52 @@ def test_missing_cells_are_shown_with_the_command_that_makes_them(store, tmp_pat
     rows = dict(result.tables[0].rows)
     assert set(rows) == {"baseline", "sage", "rdrop", "switch", "intra_distill_js", "intra_distill"}
     assert rows["baseline"][0].values and not rows["sage"][0].values
-    missing = [n for n in result.tables[0].notes if n.startswith("missing: ")]
-    assert len(missing) == 4
-    sage = next(n for n in missing if "method=sage" in n)
-    assert sage.startswith("missing: idistill experiment=table2 ") and "task=synthetic" in sage
-    assert "report.md" not in sage and result.run_id is None
+    notes = result.tables[0].notes
+    assert "missing 4 of 6 cells; this command makes them:" in notes
+    [sweep] = [n for n in notes if n.startswith("missing: ")]
+    assert sweep.startswith("missing: idistill -m experiment=table2 ") and "task=synthetic" in sweep
+    assert sweep.endswith(" lang=null method=sage,rdrop,switch,intra_distill_js")
+    assert "report.md" not in sweep and result.run_id is None
+
+
+def test_a_report_cell_shows_the_papers_number_and_one_sweep_makes_the_missing_cells(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [f"tracking.uri={uri}", "method=baseline,sage,rdrop"]
+    baseline_cell = grid_cells("table3", overrides)[0]
+    mlflow = client(uri)  # a real store with one finished run of the baseline cell
+    run = mlflow.create_run(
+        mlflow.create_experiment("wmt17"), tags={"cell": baseline_cell.settings.cell_hash()}
+    )
+    mlflow.log_metric(run.info.run_id, "test/bleu", 28.0)
+    mlflow.set_terminated(run.info.run_id, "FINISHED")
+    result = compose_report("table3", overrides, tmp_path / "out", bootstrap=0, track=False)
+    table = result.tables[0]
+    assert [line.split() for line in table.terminal().splitlines()[3:9]] == [
+        ["baseline", "28.00"],
+        ["paper", "27.56"],
+        ["ours", "-", "paper", "+0.44"],
+        ["sage", "–"],
+        ["paper", "27.76"],
+        ["rdrop", "–"],
+    ]
+    assert table.notes[:2] == [
+        "missing 2 of 3 cells; this command makes them:",
+        f"missing: idistill -m experiment=table3 tracking.uri={uri} method=sage,rdrop",
+    ]
+    [record] = [
+        r
+        for r in csv.DictReader((tmp_path / "out" / "table3.csv").open())
+        if r["row"] == "baseline" and r["table"] == table.title
+    ]
+    assert float(record["paper"]) == 27.56 and float(record["ours_minus_paper"]) == pytest.approx(
+        0.44
+    )
+    label, (ours, paper, diff) = result.tables[-1].rows[0]  # Section 4.2: +1.06 BLEU
+    assert (
+        label.startswith("intra_distill - baseline, BLEU")
+        and paper.mean == 1.06
+        and not ours.values
+    )
 
 
 def test_a_seed_sweep_pools_runs_and_asks_for_the_missing_seed(store, tmp_path):
@@ -161,7 +203,7 @@ def test_plots_of_any_runs_show_sensitivity_and_pruning(store, tmp_path):
         ("fig5", ["baseline", "intra_distill"], 0),
         ("fig6", ["baseline", "intra_distill"], 0),
         ("fig7", ["baseline", "intra_distill"], 1),  # intra_distill_constant: not run
-        ("fig8", ["1", "2", "3", "4", "5"], 4),  # K=3 is the intra-distillation run
+        ("fig8", ["1", "2", "3", "4", "5"], 1),  # K=3 ran: one sweep makes K=1,2,4,5
     ],
 )
 def test_figures_of_the_paper_are_drawn_from_their_experiments_runs(
@@ -268,7 +310,7 @@ def test_table5_prints_averages_over_languages_and_the_per_language_table(tmp_pa
         _train([f"experiment={target}", *shared, f"method={method}", "seed=1"], tmp_path / method)
     overrides = [*shared, "method=baseline,intra_distill", "seed=1,2"]
     result = compose_report(target, overrides, tmp_path / "out", track=False)
-    main_table, per_language = result.tables
+    main_table, per_language, gains = result.tables  # gains: the paper's, ours beside them
     assert main_table.headers == headers
     rows = dict(main_table.rows)
     assert set(rows) == {"baseline", "intra_distill"}
@@ -276,13 +318,15 @@ def test_table5_prints_averages_over_languages_and_the_per_language_table(tmp_pa
     assert not rows["baseline"][0].values  # the shared test sets carry no labels
     assert 0.0 <= rows["baseline"][dev_f1].mean <= 100.0
     assert len(rows["baseline"][dev_f1].values) == 1
-    assert sum(n.endswith("seed=2") for n in main_table.notes) == 2  # seed 2: not run
+    assert "missing 2 of 4 runs (cells x seeds); this command makes them:" in main_table.notes
+    assert any(n.endswith("method=baseline,intra_distill seed=2") for n in main_table.notes)
     assert per_language.headers == langs and "dev f1" in per_language.title
     for name, values in per_language.rows:
         [r] = _runs(uri, f"tags.method = '{name}'")
         assert [v.mean for v in values] == [
             pytest.approx(r.data.metrics[f"dev/{lang}/f1"]) for lang in langs
         ]
+        assert all(v.vs_paper == pytest.approx(v.mean - v.paper) for v in values)  # Tables 7-8
         mean = sum(r.data.metrics[f"dev/{lang}/f1"] for lang in langs) / len(langs)
         assert rows[name][dev_f1].mean == pytest.approx(mean)
 
@@ -318,8 +362,12 @@ def test_table4_prints_glue_dev_scores_x100_with_the_average(tmp_path):
     assert mrpc_acc.mean == pytest.approx(100 * mrpc.data.metrics["dev/accuracy"])
     assert 0 <= sst2.mean <= 100 and not rte.values and not avg.values  # RTE: not run
     assert not any(v.values for v in rows["baseline"])
-    missing = [n for n in table.notes if n.startswith("missing: ")]
-    assert len(missing) == 4 and any("glue_task=rte method=intra_distill" in n for n in missing)
+    missing = [n for n in table.notes if n.startswith("missing: ")]  # 4 cells, 2 sweeps
+    assert "missing 4 of 6 cells; these 2 make them:" in table.notes
+    assert missing[0].endswith(" glue_task=sst2,mrpc,rte method=baseline")
+    assert missing[1].endswith(" glue_task=rte method=intra_distill")
+    assert mrpc_f1.paper == 89.0 and mrpc_f1.vs_paper == pytest.approx(mrpc_f1.mean - 89.0)
+    assert mrpc_acc.paper is None and avg.paper is None  # Table 4: F1 only; avg: no STS-B
 
 
 def test_a_newer_run_without_the_analysis_does_not_hide_the_one_with_it(tmp_path):

@@ -1,4 +1,4 @@
-"""Tables of run metrics: the printed values, the three outputs, the paper's numbers."""
+"""Tables of run metrics: the printed values, the three outputs, the paper's number in a cell."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from idistill.tables import MISSING, Table, Value, paper_table
+from idistill.tables import MISSING, Table, Value
 
 
 def test_a_value_prints_mean_std_over_seeds_and_the_significance_mark():
@@ -30,24 +30,18 @@ def test_a_table_prints_aligned_text_markdown_and_one_record_per_cell():
     assert avg["mean"] is None and avg["n"] == 0
 
 
-def test_paper_numbers_are_compared_where_the_paper_file_has_them():
-    table = Table(
-        "t",
-        ["de", "avg"],
-        [
-            ("baseline", [Value([34.0]), Value([30.0])]),
-            ("intra_distill", [Value([37.0]), Value([33.0])]),
-        ],
-    )
-    versus = paper_table("table2", table)
-    (label, (ours, paper, diff)), = versus.rows  # fmt: skip
-    assert "intra_distill avg (gain" in label and "abstract" in label
-    assert ours.mean == pytest.approx(3.0) and paper.mean == pytest.approx(3.54)
-    assert diff.mean == pytest.approx(3.0 - 3.54)
-    assert paper_table("table3", table) is None  # nothing of Table 3 is in the file
-    no_baseline = Table("t", ["avg"], [("intra_distill", [Value([33.0])])])
-    (_, (ours, paper, diff)), = paper_table("table2", no_baseline).rows  # fmt: skip
-    assert ours.mean is None and paper.mean == 3.54 and diff.mean is None
+def test_a_cell_with_the_papers_number_prints_it_and_the_difference_under_its_row():
+    table = Table("T", ["de", "avg"], [("rdrop", [Value([34.0, 35.0], paper=35.43), Value([])])])
+    assert [line.split() for line in table.terminal().splitlines()[3:]] == [
+        ["rdrop", "34.50", "±", "0.71", "(2)", MISSING],
+        ["paper", "35.43", MISSING],
+        ["ours", "-", "paper", "-0.93", MISSING],
+    ]
+    de, avg = table.records()
+    assert de["paper"] == 35.43 and de["ours_minus_paper"] == pytest.approx(-0.93)
+    assert avg["paper"] is None and avg["ours_minus_paper"] is None
+    plain = Table("T", ["de"], [("rdrop", [Value([34.0])])])
+    assert len(plain.terminal().splitlines()) == 4  # no paper: no extra lines
 
 
 def test_a_non_finite_metric_counts_as_missing():
