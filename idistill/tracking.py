@@ -180,11 +180,27 @@ class Journal:
         return steps
 
 
-def deliver(mlflow_client, run_id: str | None, event: dict) -> str | None:
-    """Send one journal event to MLflow; returns the run's id (new after a "start")."""
+METRICS_PER_BATCH = 1000  # MLflow's limit on the metrics of one log_batch
+
+
+def batch(events: list[dict], start: int) -> list[dict]:
+    """The events to send in one call from `start`: a run of metric events (one log_batch,
+    so a replay of a long run takes few calls), or the one event there."""
+    end, count = start, 0
+    while end < len(events) and events[end]["op"] == "metrics":
+        count += len(events[end]["metrics"])
+        if count > METRICS_PER_BATCH and end > start:
+            break
+        end += 1
+    return events[start : max(end, start + 1)]
+
+
+def deliver(mlflow_client, run_id: str | None, events: list[dict]) -> str | None:
+    """Send a `batch` of journal events to MLflow; returns the run's id (new after a
+    "start")."""
     from mlflow.entities import Metric, Param, RunTag
 
-    op = event["op"]
+    event, op = events[0], events[0]["op"]
     if op == "start":
         exp_id = ensure_experiment(mlflow_client, event["experiment"])
         tags, name = event["tags"], event["tags"].get("mlflow.runName")
@@ -198,7 +214,7 @@ def deliver(mlflow_client, run_id: str | None, event: dict) -> str | None:
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
             mlflow_client.log_batch(run_id, params=items[i : i + 100])
     elif op == "metrics":
-        ms = [Metric(k, v, event["time"], event["step"]) for k, v in event["metrics"].items()]
+        ms = [Metric(k, v, e["time"], e["step"]) for e in events for k, v in e["metrics"].items()]
         mlflow_client.log_batch(run_id, metrics=ms)
     elif op == "tags":
         mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in event["tags"].items()])
@@ -219,14 +235,16 @@ def deliver_journal(mlflow_client, j: Journal) -> int:
     answer (the rest waits)."""
     before = j.delivered
     while j.delivered < len(j.events):
-        event, run_id = j.events[j.delivered], j.run_id
+        events, run_id = batch(j.events, j.delivered), j.run_id
         try:
-            run_id = deliver(mlflow_client, run_id, event)
+            run_id = deliver(mlflow_client, run_id, events)
         except Exception as e:
             if not rejected(e):
                 raise
-            log.warning("MLflow refused a %s event (%s); skipped", event["op"], e)
-        j.mark_delivered(j.delivered + 1, run_id)
+            log.warning(
+                "MLflow refused %d %s event(s) (%s); skipped", len(events), events[0]["op"], e
+            )
+        j.mark_delivered(j.delivered + len(events), run_id)
     return j.delivered - before
 
 
@@ -295,7 +313,9 @@ class _Delivery(threading.Thread):
                 self.pending(),
                 wait,
             )
-            self.wake.wait(wait)  # drain() wakes it for one last try
+            deadline = time.monotonic() + wait  # new events do not cut the wait short;
+            while not self.closing and time.monotonic() < deadline:  # drain() does, for a
+                self.wake.wait(deadline - time.monotonic())  # last try
             return True
 
     def drain(self, timeout: float) -> bool:

@@ -169,12 +169,16 @@ def test_a_server_outage_costs_nothing_and_mlflow_gets_everything_when_it_return
     for step in range(2, 52):
         tracker.log_metrics({"train/loss": 3.0 - step / 100}, step=step)
     assert time.perf_counter() - started < 2.0  # not 50 HTTP timeouts
+    for step in range(52, 72):  # points logged while the breaker is open do not cut its wait
+        tracker.log_metrics({"train/loss": 2.0}, step=step)
+        time.sleep(0.05)
+    assert tracker.delivery.failures < 10  # waits of 0.2, 0.4, 0.8 s: not a try per point
     assert _wait_until(lambda: "failed" in caplog.text)
     server = _mlflow_server(tmp_path, port)  # back, with the same store
     try:
         tracker.finish("FINISHED")
         history = client(uri).get_metric_history(tracker.run_id, "train/loss")
-        assert sorted(m.step for m in history) == list(range(1, 52))
+        assert sorted(m.step for m in history) == list(range(1, 72))
         assert client(uri).get_run(tracker.run_id).info.status == "FINISHED"
     finally:
         _kill(server)
@@ -259,3 +263,14 @@ def test_git_commit_tag_is_set_in_a_checkout(tmp_path):
     tags = client(f"sqlite:///{tmp_path / 'm.db'}").get_run(tracker.run_id).data.tags
     if (Path(__file__).resolve().parents[1] / ".git").exists():
         assert len(tags["mlflow.source.git.commit"]) == 40
+
+
+def test_consecutive_metric_events_go_out_in_batches_of_at_most_1000_metrics():
+    def metrics(n):
+        return {"op": "metrics", "metrics": {f"m{i}": 1.0 for i in range(n)}, "step": 1, "time": 0}
+
+    events = [metrics(400), metrics(400), metrics(400), {"op": "tags", "tags": {}}, metrics(1)]
+    assert len(tracking.batch(events, 0)) == 2  # 800 metrics; a third event would pass 1000
+    assert len(tracking.batch(events, 2)) == 1  # then the third alone
+    assert tracking.batch(events, 3) == [events[3]]  # other events go one at a time
+    assert tracking.batch([metrics(1500)], 0) == [metrics(1500)]  # never an empty batch
