@@ -153,6 +153,7 @@ class TrackingSettings:
     backend: str = "mlflow"
     uri: str | None = "sqlite:///mlflow.db"
     experiment: str | None = None
+    system_metrics: bool = True  # system/* (CPU, memory, GPU memory) with every train/* log
 
 
 @dataclass
@@ -247,6 +248,8 @@ class RunSettings:
         for key in LATER_KEYS:
             if key in d["trainer"] and d["trainer"][key] == getattr(plain, key):
                 d["trainer"].pop(key)
+        if d["method"]["k"] == 1:  # one pass: loop and concat are the same computation
+            d["method"]["passes"] = "concat"
         d.pop("tracking")
         d.pop("analysis")  # analyses read the model; they do not change training
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

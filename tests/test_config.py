@@ -243,6 +243,16 @@ def test_early_stopping_leaves_the_hash_of_runs_without_it_unchanged(make_cfg):
     assert _settings(make_cfg, ["trainer.patience=5"]).config_hash() != plain.config_hash()
 
 
+def test_one_pass_hashes_alike_in_either_pass_layout(make_cfg):
+    # an experiment may set method.passes=loop for its K=3 runs without making its baselines
+    # (K=1, where loop and concat run the same single forward) a new cell
+    concat = _settings(make_cfg, ["method=baseline", "method.passes=concat"])
+    loop = _settings(make_cfg, ["method=baseline", "method.passes=loop"])
+    assert loop.config_hash() == concat.config_hash()
+    k3 = [_settings(make_cfg, [f"method.passes={p}"]).config_hash() for p in ("concat", "loop")]
+    assert k3[0] != k3[1]  # K passes: different dropout draws, a different run
+
+
 def test_a_run_logs_and_hashes_only_the_keys_its_task_family_reads(make_cfg):
     mt = _settings(make_cfg, ["experiment=demo"]).to_dict()
     assert "beam" in mt["trainer"] and "teacher" in mt["method"]

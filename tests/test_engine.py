@@ -53,6 +53,11 @@ def test_small_run_logs_metrics_params_and_bleu(make_cfg, tmp_path):
     assert alphas[0].value < alphas[-1].value  # the adaptive schedule rises
     valid = mlflow.get_metric_history(r.info.run_id, "valid/loss")
     assert [v.step for v in valid] == [3, 6]
+    # the machine's load with every train/* log: the run's System metrics tab in MLflow
+    cpu = mlflow.get_metric_history(r.info.run_id, "system/cpu_utilization_percentage")
+    assert [c.step for c in cpu] == [2, 4, 6] and all(0 <= c.value <= 100 for c in cpu)
+    rss = r.data.metrics["system/process_memory_rss_megabytes"]
+    assert 50 < rss < r.data.metrics["system/system_memory_usage_megabytes"]
     assert (tmp_path / "run" / "test.hyp.txt").read_text().count("\n") == 20
     assert read_result(tmp_path / "run")["metrics"] == result.metrics
     assert set(result.metrics) == {"test/bleu", "test/chrf"} and result.metrics["test/chrf"] > 0
@@ -85,6 +90,25 @@ def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     assert resumed.test_bleu == straight.test_bleu
+
+
+def test_a_run_trained_without_its_test_is_tested_later_by_resuming_it(make_cfg, tmp_path):
+    # how alpha and K are chosen on validation alone, and the chosen run becomes a final one
+    untested = run(
+        make_cfg([*SMALL_RUN, "trainer.test=false"], tracking=True), tmp_path / "r", progress=False
+    )
+    assert untested.test_bleu is None
+    tested = run(
+        make_cfg([*SMALL_RUN, f"trainer.resume={tmp_path / 'r'}"], tracking=True),
+        tmp_path / "r",
+        progress=False,
+    )
+    assert tested.updates == 6 and tested.test_bleu is not None  # no update trained again
+    mlflow = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [r] = mlflow.search_runs([mlflow.get_experiment_by_name("synthetic").experiment_id])
+    assert r.data.metrics["test/bleu"] == tested.test_bleu  # the same MLflow run, now tested
+    steps = [p.step for p in mlflow.get_metric_history(r.info.run_id, "train/loss")]
+    assert steps and len(steps) == len(set(steps))  # nothing logged twice
 
 
 def test_resume_true_finds_the_unfinished_run_of_the_same_config(make_cfg, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from idistill.engine.eta import Eta
 from idistill.engine.recipe import Recipe, TestResult
 from idistill.engine.run import Run, start
 from idistill.engine.step import NonFiniteLoss, StepStats, step
+from idistill.engine.system import SystemMetrics
 from idistill.schedule import alpha_at, learning_rate
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def _train(run: Run, progress: bool) -> None:
     )
     window, skipped = _Window(), 0  # skipped: fp16 updates the loss scaler skipped
     eta = Eta(run.total)  # logs once how long the run will take
+    machine = SystemMetrics(run.device) if run.s.tracking.system_metrics else None
     done = st.update >= run.total or st.stopped_early
     while not done and (t.max_epochs is None or st.epoch <= t.max_epochs):
         batches = run.recipe.epoch_batches(st.epoch)
@@ -154,6 +156,8 @@ def _train(run: Run, progress: bool) -> None:
                         "train/skipped_steps": skipped,
                         "train/loss_scale": run.scaler.get_scale(),
                     }
+                if machine is not None:
+                    metrics |= machine.sample()
                 run.tracker.log_metrics(metrics, step=st.update)
                 speed = {f"{run.recipe.unit}_s": f"{metrics[f'train/{run.recipe.unit}_per_s']:.0f}"}
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}", **speed)
