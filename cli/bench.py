@@ -96,7 +96,7 @@ def run(argv: list[str] | None = None) -> dict:
     import torch
 
     from idistill import bench
-    from idistill.engine.device import autocast_dtype, pick_device
+    from idistill.engine.device import autocast_dtype, native_bf16_cpu, pick_device
 
     device = pick_device(args.device)
     amps = [autocast_dtype(p, device) for p in args.precision.split(",")]
@@ -107,6 +107,7 @@ def run(argv: list[str] | None = None) -> dict:
     skip = set(filter(None, args.skip.split(",")))
     result: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "native_bf16_cpu": native_bf16_cpu(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -121,7 +122,8 @@ def run(argv: list[str] | None = None) -> dict:
     }
     print(
         f"device {result['device']} | torch {result['torch']} | {result['threads']} threads | "
-        f"allocator {result['allocator']}\nmatmul: "
+        f"allocator {result['allocator']} | native bf16 on the CPU: "
+        f"{'yes' if result['native_bf16_cpu'] else 'no'}\nmatmul: "
         + ", ".join(f"{g:.1f} GFLOP/s ({p})" for p, g in result["matmul_gflops"].items()),
         flush=True,
     )

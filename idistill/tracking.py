@@ -82,15 +82,24 @@ def client(uri: str):
     return mlflow_client
 
 
+# the MLflow UI (3.x) shows an experiment of this kind as model training (runs table, charts),
+# not as a GenAI app (traces), which is what it assumes of an experiment without the tag
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(mlflow_client, name: str) -> str:
-    """The id of experiment `name`, created if missing."""
+    """The id of experiment `name`, created if missing, tagged as model training."""
     exp = mlflow_client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return mlflow_client.create_experiment(name)
-    except Exception:  # another process created it first
-        return mlflow_client.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        try:
+            exp_id = mlflow_client.create_experiment(name, tags={KIND_TAG: TRAINING_KIND})
+        except Exception:  # another process created it first
+            exp = mlflow_client.get_experiment_by_name(name)
+        else:
+            return exp_id
+    if KIND_TAG not in exp.tags:  # made by an earlier idistill (a user's own choice is kept)
+        mlflow_client.set_experiment_tag(exp.experiment_id, KIND_TAG, TRAINING_KIND)
+    return exp.experiment_id
 
 
 def git_commit() -> str | None:

@@ -35,7 +35,7 @@ def test_small_run_logs_metrics_params_and_bleu(make_cfg, tmp_path):
     [r] = mlflow.search_runs([exp.experiment_id])
     assert r.info.status == "FINISHED"
     assert r.data.params["method.k"] == "3" and r.data.params["method.divergence"] == "x"
-    assert r.data.tags["method"] == "intra_distill"
+    assert r.data.tags["method"] == "intra_distill" and r.data.tags["precision"] == "fp32"
     assert r.data.tags["sacrebleu.signature"] == result.bleu_signature
     for name in (
         "train/loss",

@@ -274,3 +274,18 @@ def test_consecutive_metric_events_go_out_in_batches_of_at_most_1000_metrics():
     assert len(tracking.batch(events, 2)) == 1  # then the third alone
     assert tracking.batch(events, 3) == [events[3]]  # other events go one at a time
     assert tracking.batch([metrics(1500)], 0) == [metrics(1500)]  # never an empty batch
+
+
+def test_experiments_are_tagged_as_model_training_for_the_mlflow_ui(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    c = client(uri)
+    kind = tracking.KIND_TAG
+    assert (
+        c.get_experiment(tracking.ensure_experiment(c, "new")).tags[kind] == tracking.TRAINING_KIND
+    )
+    old = c.create_experiment("made-by-an-earlier-idistill")  # no tag: the UI shows GenAI
+    assert tracking.ensure_experiment(c, "made-by-an-earlier-idistill") == old
+    assert c.get_experiment(old).tags[kind] == tracking.TRAINING_KIND
+    chosen = c.create_experiment("chosen", tags={kind: "genai_development"})
+    tracking.ensure_experiment(c, "chosen")
+    assert c.get_experiment(chosen).tags[kind] == "genai_development"  # the user's choice stays

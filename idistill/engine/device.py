@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import torch
 
@@ -24,14 +25,31 @@ def thread_share(jobs: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(1, jobs))
 
 
+def native_bf16_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """The CPU computes bf16 in hardware (x86's avx512_bf16 or amx_bf16 flag), read from the
+    kernel's CPU flags, not assumed: there bf16 matmuls run ~2x as fast as fp32 ones."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:  # not Linux: no claim
+        return False
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """What trainer.precision=auto means on `device`: bf16 on CUDA, fp32 on a CPU. (Even with
+    native bf16 a CPU runs small models slower in bf16: the demo's update takes 116 ms against
+    69 in fp32, while experiment=multi30k_converged's model trains 1.4x as fast; such
+    experiments set bf16 themselves.) Any other setting as given."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 (no autocast) on CPU unless asked; fp16 on
-    request (the step then scales the loss: `loss_scaler`)."""
-    if precision == "fp16":
-        return torch.float16
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    """The autocast dtype of `precision` (auto: `resolve_precision`); None for fp32. fp16 makes
+    the step scale the loss (`loss_scaler`)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision, device))
 
 
 def loss_scaler(amp: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:

@@ -17,7 +17,9 @@ from idistill.distill import CHECKPOINT_TAG
 from idistill.engine.device import (
     autocast_dtype,
     loss_scaler,
+    native_bf16_cpu,
     pick_device,
+    resolve_precision,
     set_rng_state,
     to_device,
 )
@@ -63,6 +65,11 @@ def start(recipe: Recipe, s: RunSettings, out_dir: Path, tracker, resume_dir: Pa
         device = torch.device("cuda", world.local_rank)
     distributed.init(world, device)
     amp = autocast_dtype(t.precision, device)
+    precision = resolve_precision(t.precision, device)  # the config hash keeps "auto"
+    tracker.set_tags({"precision": precision})  # what ran
+    if precision == "bf16" and device.type == "cpu" and not native_bf16_cpu():
+        log.warning("trainer.precision=bf16 on a CPU without native bf16 (no avx512_bf16 or "
+                    "amx_bf16 flag): bf16 is emulated there, usually slower than fp32")  # fmt: skip
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     torch.manual_seed(s.seed)
