@@ -67,20 +67,48 @@ def read_meta(save_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def find_resumable(roots: list[Path], config_hashes: list[str]) -> Path | None:
-    """Newest unfinished checkpoint directory under `roots` whose run had one of these config
-    hashes (the current one, and the legacy one of runs made by earlier versions); also one
-    whose run was killed before its first checkpoint (`mark_started`)."""
+def _runs_of(roots: list[Path], config_hashes: list[str]) -> list[tuple[float, Path, dict]]:
+    """(time, checkpoint directory, meta) of every run under `roots` whose run had one of these
+    config hashes (the current one, and the legacy one of runs made by earlier versions),
+    newest first; also runs killed before their first checkpoint (`mark_started`)."""
     found = []
     for root in roots:
         if not root.is_dir():
             continue
         for meta_file in root.rglob(META):
             meta = read_meta(meta_file.parent)
-            resumable = meta and meta.get("config_hash") in config_hashes
-            if resumable and not meta.get("finished"):  # (with no checkpoint yet: a run
-                found.append((meta_file.stat().st_mtime, meta_file.parent))  # killed early)
-    return max(found)[1] if found else None
+            if meta and meta.get("config_hash") in config_hashes:
+                found.append((meta_file.stat().st_mtime, meta_file.parent, meta))
+    return sorted(found, key=lambda f: f[0], reverse=True)
+
+
+def tested(save_dir: Path, meta: dict) -> bool:
+    """Whether a finished run tested its best checkpoint (not with trainer.test=false). Runs of
+    earlier versions did not record it: their result.json beside the checkpoints tells."""
+    if "tested" in meta:
+        return bool(meta["tested"])
+    try:
+        return bool(json.loads((save_dir.parent / "result.json").read_text())["metrics"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # no record: counted as done rather than tested twice
+
+
+def find_resumable(roots: list[Path], config_hashes: list[str], test: bool = True) -> Path | None:
+    """Newest checkpoint directory of these config hashes with work left: an unfinished run,
+    or (test: the test is wanted now) one finished without its test."""
+    for _, save_dir, meta in _runs_of(roots, config_hashes):
+        if not meta.get("finished") or (test and not tested(save_dir, meta)):
+            return save_dir
+    return None
+
+
+def find_finished(roots: list[Path], config_hashes: list[str], test: bool = True) -> Path | None:
+    """Newest checkpoint directory of these config hashes with nothing left to do: finished, and
+    tested where `test` wants it."""
+    for _, save_dir, meta in _runs_of(roots, config_hashes):
+        if meta.get("finished") and (not test or tested(save_dir, meta)):
+            return save_dir
+    return None
 
 
 def mark_started(save_dir: Path, meta: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from idistill.checkpoint import BEST, LAST, META, find_resumable, read_meta
+from idistill.checkpoint import BEST, LAST, META, find_finished, find_resumable, read_meta
 from idistill.config import ConfigError, RunSettings
 from idistill.engine.loop import FitResult
 
@@ -38,13 +38,16 @@ def check_data(settings: RunSettings) -> None:
         check_task(settings.task, settings.lang)
 
 
-def resume_dir(resume: Any, config_hashes: list[str], roots: list[Path]) -> Path | None:
-    """The checkpoint directory to continue from: trainer.resume=true finds the newest unfinished
-    run of the same config under `roots`; a path names a run, checkpoint dir or checkpoint."""
+def resume_dir(
+    resume: Any, config_hashes: list[str], roots: list[Path], test: bool = True
+) -> Path | None:
+    """The checkpoint directory to continue from: trainer.resume=true finds the newest run of
+    the same config under `roots` with work left (unfinished, or untested where `test` wants
+    the test); a path names a run, checkpoint dir or checkpoint."""
     if resume in (False, None, "false"):
         return None
     if resume in (True, "true"):
-        found = find_resumable(roots, config_hashes)
+        found = find_resumable(roots, config_hashes, test)
         if found is None:
             log.info("trainer.resume=true: no unfinished run of this config; starting afresh")
         return found
@@ -157,7 +160,12 @@ def run_one(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     roots = [Path.cwd() / "outputs", Path.cwd() / "multirun", out_dir.parent]
-    resume = resume_dir(settings.trainer.resume, settings.hashes(), roots)
+    t = settings.trainer
+    if t.resume in (True, "true"):  # re-running a sweep completes it: what finished stays
+        done = find_finished(roots, settings.hashes(), t.test)
+        if done is not None:
+            return finished_result(done), (read_meta(done) or {}).get("run_id")
+    resume = resume_dir(t.resume, settings.hashes(), roots, t.test)
     parent = None
     if sweep_dir is not None and (sweep_dir / PARENT_RUN_FILE).is_file():
         parent = (sweep_dir / PARENT_RUN_FILE).read_text().strip()
@@ -205,6 +213,27 @@ def run_one(
     log_curves(tracker, out_dir)
     tracker.finish("FINISHED")
     return result, tracker.run_id
+
+
+def finished_result(save_dir: Path):
+    """What a finished run scored, from its meta (or, for runs of earlier versions, the
+    result.json beside its checkpoints), for trainer.resume=true to report without training."""
+    from idistill.engine.loop import FitResult
+
+    meta = read_meta(save_dir) or {}
+    record = meta.get("result") or read_result(save_dir.parent) or {}
+    log.info("trainer.resume=true: this config finished in %s; nothing to train (its run: %s)",
+             save_dir, meta.get("run_id"))  # fmt: skip
+    return FitResult(
+        record.get("updates", meta.get("update", 0)),
+        record.get("best"),
+        record.get("metrics", {}),
+        record.get("objective"),
+        save_dir,
+        record.get("stopped_early", False),
+        record.get("best_update", 0),
+        record.get("info"),
+    )
 
 
 CURVES = ("train/loss", "valid/loss", "train/alpha")  # the PNG every tracked run logs

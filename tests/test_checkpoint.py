@@ -12,6 +12,7 @@ from idistill.checkpoint import (
     LAST,
     META,
     atomic_save,
+    find_finished,
     find_resumable,
     load,
     remove_stale_temporaries,
@@ -32,6 +33,19 @@ def test_resume_finds_unfinished_runs_of_the_current_or_the_legacy_hash(tmp_path
     old = _run(tmp_path / "old", "legacy")  # made before the hash changed
     assert find_resumable([tmp_path], ["new"]) is None
     assert find_resumable([tmp_path], ["new", "legacy"]) == old
+
+
+def test_resume_finds_a_finished_run_left_untested_when_the_test_is_wanted(tmp_path):
+    untested = _run(tmp_path / "untested" / "checkpoints", "h", finished=True)
+    (tmp_path / "untested" / "result.json").write_text('{"metrics": {}}')  # an earlier version's
+    assert find_resumable([tmp_path], ["h"]) == untested
+    assert find_resumable([tmp_path], ["h"], test=False) is None
+    assert find_finished([tmp_path], ["h"]) is None
+    assert find_finished([tmp_path], ["h"], test=False) == untested
+    meta = json.loads((untested / META).read_text())
+    (untested / META).write_text(json.dumps({**meta, "tested": True}))  # tested since
+    assert find_resumable([tmp_path], ["h"]) is None
+    assert find_finished([tmp_path], ["h"]) == untested
 
 
 class _Payload:

@@ -92,23 +92,37 @@ def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch)
     assert resumed.test_bleu == straight.test_bleu
 
 
-def test_a_run_trained_without_its_test_is_tested_later_by_resuming_it(make_cfg, tmp_path):
-    # how alpha and K are chosen on validation alone, and the chosen run becomes a final one
+def test_resume_true_tests_an_untested_run_then_finds_nothing_left_to_do(
+    make_cfg, tmp_path, monkeypatch
+):
+    # alpha and K chosen on validation alone: the chosen run is then a final run, tested by
+    # re-running the final sweep with trainer.resume=true, which skips what has finished
+    monkeypatch.chdir(tmp_path)
+    outputs = tmp_path / "outputs"
     untested = run(
-        make_cfg([*SMALL_RUN, "trainer.test=false"], tracking=True), tmp_path / "r", progress=False
+        make_cfg([*SMALL_RUN, "trainer.test=false"], tracking=True), outputs / "a", progress=False
     )
     assert untested.test_bleu is None
-    tested = run(
-        make_cfg([*SMALL_RUN, f"trainer.resume={tmp_path / 'r'}"], tracking=True),
-        tmp_path / "r",
-        progress=False,
-    )
-    assert tested.updates == 6 and tested.test_bleu is not None  # no update trained again
+    tested = run(make_cfg([*SMALL_RUN, "trainer.resume=true"], tracking=True), outputs / "b",
+                 progress=False)  # fmt: skip
+    assert tested.save_dir == outputs / "a" / "checkpoints"  # no update trained again
+    assert tested.updates == 6 and tested.test_bleu is not None
+    again = run(make_cfg([*SMALL_RUN, "trainer.resume=true"], tracking=True), outputs / "c",
+                progress=False)  # fmt: skip
+    assert (again.test_bleu, again.best, again.updates) == (tested.test_bleu, tested.best, 6)
+    assert again.bleu_signature == tested.bleu_signature
+    assert not (outputs / "c" / "checkpoints").exists()  # nothing trained or tested
+    assert read_result(outputs / "c")["metrics"] == tested.metrics  # for the sweep summary
+
     mlflow = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [r] = mlflow.search_runs([mlflow.get_experiment_by_name("synthetic").experiment_id])
-    assert r.data.metrics["test/bleu"] == tested.test_bleu  # the same MLflow run, now tested
+    assert r.data.metrics["test/bleu"] == tested.test_bleu  # one MLflow run, now tested
     steps = [p.step for p in mlflow.get_metric_history(r.info.run_id, "train/loss")]
     assert steps and len(steps) == len(set(steps))  # nothing logged twice
+    # a run without its test is also done when no test is wanted
+    assert run(make_cfg([*SMALL_RUN, "trainer.resume=true", "trainer.test=false"]),
+               outputs / "d", progress=False).updates == 6  # fmt: skip
+    assert not (outputs / "d" / "checkpoints").exists()
 
 
 def test_resume_true_finds_the_unfinished_run_of_the_same_config(make_cfg, tmp_path, monkeypatch):

@@ -272,9 +272,7 @@ def _test(run: Run, out_dir: Path, progress: bool) -> FitResult:
         label=recipe.label(),
         progress=progress,
     )
-    meta = checkpoint.read_meta(run.save_dir) or {}
-    checkpoint.write_meta(run.save_dir, {**meta, "finished": True})
-    return FitResult(
+    fit_result = FitResult(
         st.update,
         st.best,
         result.metrics,
@@ -284,3 +282,18 @@ def _test(run: Run, out_dir: Path, progress: bool) -> FitResult:
         st.best_update,
         result.info,
     )
+    meta = checkpoint.read_meta(run.save_dir) or {}
+    record = {  # what trainer.resume=true reports of a finished run without training it
+        "updates": st.update,
+        "best": st.best,
+        "best_update": st.best_update,
+        "stopped_early": st.stopped_early,
+        "metrics": result.metrics,
+        "objective": result.objective,
+        "info": result.info,
+    }
+    tested = run.s.trainer.test
+    checkpoint.write_meta(
+        run.save_dir, {**meta, "finished": True, "tested": tested, "result": record}
+    )
+    return fit_result
