@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from idistill.models.dropout import Dropout
 from idistill.models.switch import SwitchFeedForward
 
 
@@ -147,7 +148,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, dim)
-        self.activation_dropout = nn.Dropout(activation_dropout)
+        self.activation_dropout = Dropout(activation_dropout)
 
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
         """keep [B, T] (real tokens) is ignored: every position goes through the dense FFN."""
@@ -173,7 +174,7 @@ class EncoderLayer(nn.Module):
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.ffn = feed_forward(cfg)
         self.final_layer_norm = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, mask: Tensor, keep: Tensor | None = None) -> Tensor:
         """x [B, S, D], mask [B, 1, 1, S] True = may attend, keep [B, S] True = real token."""
@@ -231,7 +232,7 @@ class DecoderLayer(nn.Module):
         self.encoder_attn_layer_norm = nn.LayerNorm(d)
         self.ffn = feed_forward(cfg)
         self.final_layer_norm = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(
         self,
@@ -282,7 +283,7 @@ class Embedding(nn.Module):
         self.register_buffer("positions", positions, persistent=False)
         self.scale = math.sqrt(cfg.embed_dim)
         self.pad_id, self.max_positions = cfg.pad_id, cfg.max_positions
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, tokens: Tensor, last_only: bool = False) -> Tensor:
         """Embeddings [B, T, D] of tokens [B, T], or [B, 1, D] of the last one."""
