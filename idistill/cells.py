@@ -75,7 +75,13 @@ def missing_notes(cells: Sequence[Cell]) -> list[str]:
         which = "this command makes" if len(commands) == 1 else f"these {len(commands)} make"
         out.append(f"missing {len(missing)} of {total} {unit}; {which} them:")
         out += [f"missing: {c}" for c in commands]
-    return out + resume
+    out += resume
+    if len(out) > 2:  # more than one command: trainer.resume=true makes the whole grid one
+        everything = sweep_commands([(c, s) for c in cells for s in c.seeds or [None]])
+        if len(everything) == 1:
+            out.append(f"or all at once (finished runs are skipped, stopped ones continue): "
+                       f"{everything[0]} trainer.resume=true")  # fmt: skip
+    return out
 
 
 def sweep_commands(points: Sequence[tuple[Cell, str | None]]) -> list[str]:

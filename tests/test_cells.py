@@ -81,4 +81,6 @@ def test_an_unfinished_run_is_resumed_not_counted_missing(make_cfg, tmp_path):
         "missing: idistill experiment=glue_cpu seed=3",
         f"unfinished: run {failed} is FAILED; continue it: idistill experiment=glue_cpu seed=2 "
         "trainer.resume=true",
+        "or all at once (finished runs are skipped, stopped ones continue): "
+        "idistill -m experiment=glue_cpu seed=1,2,3 trainer.resume=true",
     ]
