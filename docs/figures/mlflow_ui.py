@@ -52,8 +52,10 @@ def main() -> None:
         for name in SHOW:
             _toggle(d, name, search=True)
         d.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        d.set_window_size(1500, 560)  # the table's few rows, not the empty page below
         time.sleep(2)
         d.save_screenshot(str(args.out / "mlflow_runs.png"))
+        d.set_window_size(1500, 800)
 
         chart = d.find_elements(By.CSS_SELECTOR, "input[type=radio][value=CHART]")[0]
         d.execute_script("arguments[0].click()", chart)  # the radio itself is hidden
