@@ -67,7 +67,7 @@ def missing_notes(cells: Sequence[Cell]) -> list[str]:
                 f"unfinished: run {run.info.run_id} is {run.info.status}; "
                 f"continue it: {cell.command(seed)} trainer.resume=true"
             )
-    out = []
+    out, commands = [], []
     if missing:
         commands = sweep_commands(missing)
         total = len(cells) * max(len(cells[0].seeds), 1)
@@ -76,12 +76,21 @@ def missing_notes(cells: Sequence[Cell]) -> list[str]:
         out.append(f"missing {len(missing)} of {total} {unit}; {which} them:")
         out += [f"missing: {c}" for c in commands]
     out += resume
-    if len(out) > 2:  # more than one command: trainer.resume=true makes the whole grid one
+    # more than one command: trainer.resume=true makes them one, the experiment's whole grid
+    # (not for self-distillation: a chain resumes from its own folder)
+    chains = any(_chain(c) for c in cells)
+    if len(commands) + len(resume) > 1 and not chains:
         everything = sweep_commands([(c, s) for c in cells for s in c.seeds or [None]])
         if len(everything) == 1:
             out.append(f"or all at once (finished runs are skipped, stopped ones continue): "
                        f"{everything[0]} trainer.resume=true")  # fmt: skip
     return out
+
+
+def _chain(cell: Cell) -> bool:
+    """Whether the cell's runs are self-distillation chains."""
+    name = getattr(getattr(cell.settings, "method", None), "name", None)
+    return "self_distill" in (name, cell.values.get("method"))
 
 
 def sweep_commands(points: Sequence[tuple[Cell, str | None]]) -> list[str]:

@@ -67,10 +67,10 @@ def read_meta(save_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _runs_of(roots: list[Path], config_hashes: list[str]) -> list[tuple[float, Path, dict]]:
-    """(time, checkpoint directory, meta) of every run under `roots` whose run had one of these
-    config hashes (the current one, and the legacy one of runs made by earlier versions),
-    newest first; also runs killed before their first checkpoint (`mark_started`)."""
+def latest_run(roots: list[Path], config_hashes: list[str]) -> tuple[Path, dict] | None:
+    """(checkpoint directory, meta) of the newest run under `roots` whose run had one of these
+    config hashes (the current one, and the legacy one of runs made by earlier versions); also
+    a run killed before its first checkpoint (`mark_started`)."""
     found = []
     for root in roots:
         if not root.is_dir():
@@ -79,35 +79,33 @@ def _runs_of(roots: list[Path], config_hashes: list[str]) -> list[tuple[float, P
             meta = read_meta(meta_file.parent)
             if meta and meta.get("config_hash") in config_hashes:
                 found.append((meta_file.stat().st_mtime, meta_file.parent, meta))
-    return sorted(found, key=lambda f: f[0], reverse=True)
+    if not found:
+        return None
+    _, save_dir, meta = max(found, key=lambda f: f[0])
+    return save_dir, meta
 
 
-def tested(save_dir: Path, meta: dict) -> bool:
+def was_tested(save_dir: Path, meta: dict) -> bool:
     """Whether a finished run tested its best checkpoint (not with trainer.test=false). Runs of
-    earlier versions did not record it: their result.json beside the checkpoints tells."""
+    earlier versions did not record it: their result.json beside the checkpoints tells, and
+    without one the run counts as untested (a resume tests it again rather than never)."""
     if "tested" in meta:
         return bool(meta["tested"])
     try:
         return bool(json.loads((save_dir.parent / "result.json").read_text())["metrics"])
     except (OSError, ValueError, KeyError, TypeError):
-        return True  # no record: counted as done rather than tested twice
+        return False
 
 
 def find_resumable(roots: list[Path], config_hashes: list[str], test: bool = True) -> Path | None:
-    """Newest checkpoint directory of these config hashes with work left: an unfinished run,
-    or (test: the test is wanted now) one finished without its test."""
-    for _, save_dir, meta in _runs_of(roots, config_hashes):
-        if not meta.get("finished") or (test and not tested(save_dir, meta)):
-            return save_dir
-    return None
-
-
-def find_finished(roots: list[Path], config_hashes: list[str], test: bool = True) -> Path | None:
-    """Newest checkpoint directory of these config hashes with nothing left to do: finished, and
-    tested where `test` wants it."""
-    for _, save_dir, meta in _runs_of(roots, config_hashes):
-        if meta.get("finished") and (not test or tested(save_dir, meta)):
-            return save_dir
+    """The newest run of these config hashes if it has work left: unfinished, or (test: the
+    test is wanted now) finished without its test."""
+    latest = latest_run(roots, config_hashes)
+    if latest is None:
+        return None
+    save_dir, meta = latest
+    if not meta.get("finished") or (test and not was_tested(save_dir, meta)):
+        return save_dir
     return None
 
 

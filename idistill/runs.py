@@ -19,7 +19,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from idistill.checkpoint import BEST, LAST, META, find_finished, find_resumable, read_meta
+from idistill.checkpoint import (
+    BEST,
+    LAST,
+    META,
+    find_resumable,
+    latest_run,
+    read_meta,
+    was_tested,
+    write_meta,
+)
 from idistill.config import ConfigError, RunSettings
 from idistill.engine.loop import FitResult
 
@@ -162,9 +171,9 @@ def run_one(
     roots = [Path.cwd() / "outputs", Path.cwd() / "multirun", out_dir.parent]
     t = settings.trainer
     if t.resume in (True, "true"):  # re-running a sweep completes it: what finished stays
-        done = find_finished(roots, settings.hashes(), t.test)
+        done = finished_run(settings, roots)
         if done is not None:
-            return finished_result(done), (read_meta(done) or {}).get("run_id")
+            return finished_result(done, t.test), (read_meta(done) or {}).get("run_id")
     resume = resume_dir(t.resume, settings.hashes(), roots, t.test)
     parent = None
     if sweep_dir is not None and (sweep_dir / PARENT_RUN_FILE).is_file():
@@ -212,12 +221,40 @@ def run_one(
         raise
     log_curves(tracker, out_dir)
     tracker.finish("FINISHED")
+    if distributed.from_env().main:  # finished: only now, so a run stopped before is resumed
+        meta = read_meta(result.save_dir) or {}
+        write_meta(result.save_dir, {**meta, "finished": True, "done_with": done_with(settings)})
     return result, tracker.run_id
 
 
-def finished_result(save_dir: Path):
+def done_with(settings: RunSettings) -> dict:
+    """What a finished run did besides training that the config hash leaves out: its analyses
+    and where it was tracked. trainer.resume=true reuses a finished run only where they match."""
+    tr = settings.tracking
+    return {"analysis": settings.to_dict()["analysis"],
+            "tracking": [tr.backend, tr.uri, settings.experiment_name]}  # fmt: skip
+
+
+def finished_run(settings: RunSettings, roots: list[Path]) -> Path | None:
+    """The checkpoint directory of this config's newest run if there is nothing left to do:
+    finished, tested (unless trainer.test=false), with the same analyses and tracking."""
+    latest = latest_run(roots, settings.hashes())
+    if latest is None:
+        return None
+    save_dir, meta = latest
+    if not meta.get("finished") or (settings.trainer.test and not was_tested(save_dir, meta)):
+        return None
+    if meta.get("done_with", done_with(settings)) != done_with(settings):  # (older: no record)
+        log.info("trainer.resume=true: %s finished with other analyses or tracking; "
+                 "this run trains afresh", save_dir)  # fmt: skip
+        return None
+    return save_dir
+
+
+def finished_result(save_dir: Path, test: bool):
     """What a finished run scored, from its meta (or, for runs of earlier versions, the
-    result.json beside its checkpoints), for trainer.resume=true to report without training."""
+    result.json beside its checkpoints), for trainer.resume=true to report without training;
+    without test metrics where the test is not wanted (tuning on validation)."""
     from idistill.engine.loop import FitResult
 
     meta = read_meta(save_dir) or {}
@@ -227,12 +264,12 @@ def finished_result(save_dir: Path):
     return FitResult(
         record.get("updates", meta.get("update", 0)),
         record.get("best"),
-        record.get("metrics", {}),
-        record.get("objective"),
+        record.get("metrics", {}) if test else {},
+        record.get("objective") if test else None,
         save_dir,
         record.get("stopped_early", False),
         record.get("best_update", 0),
-        record.get("info"),
+        record.get("info") if test else None,
     )
 
 

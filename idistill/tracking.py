@@ -92,13 +92,16 @@ def ensure_experiment(mlflow_client, name: str) -> str:
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is None:
         try:
-            exp_id = mlflow_client.create_experiment(name, tags={KIND_TAG: TRAINING_KIND})
-        except Exception:  # another process created it first
+            return mlflow_client.create_experiment(name, tags={KIND_TAG: TRAINING_KIND})
+        except Exception:  # another process created it first (else: that error)
             exp = mlflow_client.get_experiment_by_name(name)
-        else:
-            return exp_id
+            if exp is None:
+                raise
     if KIND_TAG not in exp.tags:  # made by an earlier idistill (a user's own choice is kept)
-        mlflow_client.set_experiment_tag(exp.experiment_id, KIND_TAG, TRAINING_KIND)
+        try:
+            mlflow_client.set_experiment_tag(exp.experiment_id, KIND_TAG, TRAINING_KIND)
+        except Exception as e:  # a tag for the UI is never worth a run's tracking
+            log.debug("experiment %s not tagged as model training: %s", name, e)
     return exp.experiment_id
 
 

@@ -12,10 +12,11 @@ from idistill.checkpoint import (
     LAST,
     META,
     atomic_save,
-    find_finished,
     find_resumable,
+    latest_run,
     load,
     remove_stale_temporaries,
+    was_tested,
 )
 
 
@@ -27,12 +28,23 @@ def _run(folder, config_hash, finished=False):
 
 
 def test_resume_finds_unfinished_runs_of_the_current_or_the_legacy_hash(tmp_path):
-    _run(tmp_path / "done", "new", finished=True)
+    done = _run(tmp_path / "done", "new", finished=True)
+    (done / META).write_text(json.dumps({"config_hash": "new", "finished": True, "tested": True}))
     _run(tmp_path / "other", "else")
     assert find_resumable([tmp_path], ["new"]) is None
     old = _run(tmp_path / "old", "legacy")  # made before the hash changed
-    assert find_resumable([tmp_path], ["new"]) is None
-    assert find_resumable([tmp_path], ["new", "legacy"]) == old
+    assert find_resumable([tmp_path], ["new", "legacy"]) == old  # the newest of either hash
+
+
+def test_the_newest_run_of_a_config_decides_what_resume_continues(tmp_path):
+    older = _run(tmp_path / "older", "h")  # unfinished, then a newer run finished
+    newer = _run(tmp_path / "newer", "h", finished=True)
+    (newer / META).write_text(json.dumps({"config_hash": "h", "finished": True, "tested": True}))
+    os.utime(older / META, (1, 1))
+    assert latest_run([tmp_path], ["h"])[0] == newer
+    assert find_resumable([tmp_path], ["h"]) is None  # the newest has nothing left
+    os.utime(newer / META, (0, 0))  # a fresh run after an old finished one, then killed
+    assert find_resumable([tmp_path], ["h"]) == older
 
 
 def test_resume_finds_a_finished_run_left_untested_when_the_test_is_wanted(tmp_path):
@@ -40,12 +52,12 @@ def test_resume_finds_a_finished_run_left_untested_when_the_test_is_wanted(tmp_p
     (tmp_path / "untested" / "result.json").write_text('{"metrics": {}}')  # an earlier version's
     assert find_resumable([tmp_path], ["h"]) == untested
     assert find_resumable([tmp_path], ["h"], test=False) is None
-    assert find_finished([tmp_path], ["h"]) is None
-    assert find_finished([tmp_path], ["h"], test=False) == untested
+    assert not was_tested(untested, json.loads((untested / META).read_text()))
+    (tmp_path / "untested" / "result.json").unlink()  # no record at all: untested, tested again
+    assert find_resumable([tmp_path], ["h"]) == untested
     meta = json.loads((untested / META).read_text())
     (untested / META).write_text(json.dumps({**meta, "tested": True}))  # tested since
     assert find_resumable([tmp_path], ["h"]) is None
-    assert find_finished([tmp_path], ["h"]) == untested
 
 
 class _Payload:

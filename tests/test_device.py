@@ -10,10 +10,13 @@ from idistill.engine import device as dev
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
 SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
 SAPPHIRE = "processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+GRAVITON2 = "processor\t: 0\nFeatures\t: fp asimd atomics\n"
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
-    for text, native in ((ZEN4, True), (SKYLAKE, False), (SAPPHIRE, True)):
+    cpus = ((ZEN4, True), (SKYLAKE, False), (SAPPHIRE, True), (GRAVITON3, True), (GRAVITON2, False))
+    for text, native in cpus:
         (tmp_path / "cpuinfo").write_text(text)
         assert dev.native_bf16_cpu(str(tmp_path / "cpuinfo")) is native, text
     assert dev.native_bf16_cpu(str(tmp_path / "missing")) is False  # not Linux: no claim

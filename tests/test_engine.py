@@ -119,10 +119,16 @@ def test_resume_true_tests_an_untested_run_then_finds_nothing_left_to_do(
     assert r.data.metrics["test/bleu"] == tested.test_bleu  # one MLflow run, now tested
     steps = [p.step for p in mlflow.get_metric_history(r.info.run_id, "train/loss")]
     assert steps and len(steps) == len(set(steps))  # nothing logged twice
-    # a run without its test is also done when no test is wanted
-    assert run(make_cfg([*SMALL_RUN, "trainer.resume=true", "trainer.test=false"]),
-               outputs / "d", progress=False).updates == 6  # fmt: skip
+    # tuning on validation reuses the finished run but never sees its test
+    tuning = run(make_cfg([*SMALL_RUN, "trainer.resume=true", "trainer.test=false"],
+                          tracking=True), outputs / "d", progress=False)  # fmt: skip
+    assert (tuning.updates, tuning.metrics, tuning.objective) == (6, {}, None)
     assert not (outputs / "d" / "checkpoints").exists()
+    # tracked elsewhere (or with other analyses): not what finished, so trained afresh
+    elsewhere = [*SMALL_RUN, "trainer.resume=true", "tracking.experiment=elsewhere"]
+    run(make_cfg(elsewhere, tracking=True), outputs / "e", progress=False)
+    assert (outputs / "e" / "checkpoints" / LAST).is_file()
+    assert mlflow.search_runs([mlflow.get_experiment_by_name("elsewhere").experiment_id])
 
 
 def test_resume_true_finds_the_unfinished_run_of_the_same_config(make_cfg, tmp_path, monkeypatch):

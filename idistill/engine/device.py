@@ -26,14 +26,20 @@ def thread_share(jobs: int) -> int:
 
 
 def native_bf16_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """The CPU computes bf16 in hardware (x86's avx512_bf16 or amx_bf16 flag), read from the
-    kernel's CPU flags, not assumed: there bf16 matmuls run ~2x as fast as fp32 ones."""
+    """The CPU computes bf16 in hardware (x86's avx512_bf16 or amx_bf16 flag, Arm's bf16
+    feature), read from the kernel's CPU flags, not assumed: there bf16 matmuls run ~2x as fast
+    as fp32 ones."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:  # not Linux: no claim
         return False
-    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split()}
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    flags = {  # x86 lists "flags", Arm "Features"
+        f
+        for line in text.splitlines()
+        if line.startswith(("flags", "Features"))
+        for f in line.split()
+    }
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

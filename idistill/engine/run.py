@@ -68,8 +68,10 @@ def start(recipe: Recipe, s: RunSettings, out_dir: Path, tracker, resume_dir: Pa
     precision = resolve_precision(t.precision, device)  # the config hash keeps "auto"
     tracker.set_tags({"precision": precision})  # what ran
     if precision == "bf16" and device.type == "cpu" and not native_bf16_cpu():
-        log.warning("trainer.precision=bf16 on a CPU without native bf16 (no avx512_bf16 or "
-                    "amx_bf16 flag): bf16 is emulated there, usually slower than fp32")  # fmt: skip
+        log.warning(  # emulated bf16
+            "trainer.precision=bf16 on a CPU without native bf16 (no avx512_bf16, amx_bf16 or "
+            "Arm bf16 flag): emulated there, usually slower than fp32"
+        )
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     torch.manual_seed(s.seed)
