@@ -251,12 +251,10 @@ def finished_run(settings: RunSettings, roots: list[Path]) -> Path | None:
     return save_dir
 
 
-def finished_result(save_dir: Path, test: bool):
+def finished_result(save_dir: Path, test: bool) -> FitResult:
     """What a finished run scored, from its meta (or, for runs of earlier versions, the
     result.json beside its checkpoints), for trainer.resume=true to report without training;
     without test metrics where the test is not wanted (tuning on validation)."""
-    from idistill.engine.loop import FitResult
-
     meta = read_meta(save_dir) or {}
     record = meta.get("result") or read_result(save_dir.parent) or {}
     log.info("trainer.resume=true: this config finished in %s; nothing to train (its run: %s)",
