@@ -97,16 +97,16 @@ def was_tested(save_dir: Path, meta: dict) -> bool:
         return False
 
 
+def work_left(save_dir: Path, meta: dict, test: bool) -> bool:
+    """Whether a run has work left: unfinished, or (test: the test is wanted now) finished
+    without its test."""
+    return not meta.get("finished") or (test and not was_tested(save_dir, meta))
+
+
 def find_resumable(roots: list[Path], config_hashes: list[str], test: bool = True) -> Path | None:
-    """The newest run of these config hashes if it has work left: unfinished, or (test: the
-    test is wanted now) finished without its test."""
+    """The newest run of these config hashes if it has `work_left`."""
     latest = latest_run(roots, config_hashes)
-    if latest is None:
-        return None
-    save_dir, meta = latest
-    if not meta.get("finished") or (test and not was_tested(save_dir, meta)):
-        return save_dir
-    return None
+    return latest[0] if latest is not None and work_left(*latest, test) else None
 
 
 def mark_started(save_dir: Path, meta: dict[str, Any]) -> None:

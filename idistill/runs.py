@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from idistill.checkpoint import (
     find_resumable,
     latest_run,
     read_meta,
-    was_tested,
+    work_left,
     write_meta,
 )
 from idistill.config import ConfigError, RunSettings
@@ -242,9 +242,10 @@ def finished_run(settings: RunSettings, roots: list[Path]) -> Path | None:
     if latest is None:
         return None
     save_dir, meta = latest
-    if not meta.get("finished") or (settings.trainer.test and not was_tested(save_dir, meta)):
+    if work_left(save_dir, meta, settings.trainer.test):
         return None
-    if meta.get("done_with", done_with(settings)) != done_with(settings):  # (older: no record)
+    now = done_with(settings)
+    if meta.get("done_with", now) != now:  # (runs of earlier versions have no record)
         log.info("trainer.resume=true: %s finished with other analyses or tracking; "
                  "this run trains afresh", save_dir)  # fmt: skip
         return None
@@ -259,16 +260,11 @@ def finished_result(save_dir: Path, test: bool) -> FitResult:
     record = meta.get("result") or read_result(save_dir.parent) or {}
     log.info("trainer.resume=true: this config finished in %s; nothing to train (its run: %s)",
              save_dir, meta.get("run_id"))  # fmt: skip
-    return FitResult(
-        record.get("updates", meta.get("update", 0)),
-        record.get("best"),
-        record.get("metrics", {}) if test else {},
-        record.get("objective") if test else None,
-        save_dir,
-        record.get("stopped_early", False),
-        record.get("best_update", 0),
-        record.get("info") if test else None,
-    )
+    known = {f.name for f in fields(FitResult)} - {"save_dir"}
+    defaults = {"updates": meta.get("update", 0), "best": None, "metrics": {}, "objective": None}
+    kept = {k: v for k, v in record.items() if k in known}  # (result.json adds "seconds")
+    result = FitResult(**{**defaults, **kept}, save_dir=save_dir)
+    return result if test else replace(result, metrics={}, objective=None, info=None)
 
 
 CURVES = ("train/loss", "valid/loss", "train/alpha")  # the PNG every tracked run logs

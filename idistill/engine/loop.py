@@ -283,15 +283,8 @@ def _test(run: Run, out_dir: Path, progress: bool) -> FitResult:
         result.info,
     )
     meta = checkpoint.read_meta(run.save_dir) or {}
-    record = {  # what trainer.resume=true reports of a finished run without training it
-        "updates": st.update,
-        "best": st.best,
-        "best_update": st.best_update,
-        "stopped_early": st.stopped_early,
-        "metrics": result.metrics,
-        "objective": result.objective,
-        "info": result.info,
-    }
+    # what trainer.resume=true reports of a finished run without training it
+    record = {k: v for k, v in vars(fit_result).items() if k != "save_dir"}
     tested = run.s.trainer.test  # "finished" follows once the MLflow run has ended (runs.py)
     checkpoint.write_meta(run.save_dir, {**meta, "tested": tested, "result": record})
     return fit_result

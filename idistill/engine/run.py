@@ -64,8 +64,8 @@ def start(recipe: Recipe, s: RunSettings, out_dir: Path, tracker, resume_dir: Pa
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     distributed.init(world, device)
-    amp = autocast_dtype(t.precision, device)
     precision = resolve_precision(t.precision, device)  # the config hash keeps "auto"
+    amp = autocast_dtype(precision, device)
     tracker.set_tags({"precision": precision})  # what ran
     if precision == "bf16" and device.type == "cpu" and not native_bf16_cpu():
         log.warning(  # emulated bf16
