@@ -72,8 +72,7 @@ def _search(
 
     sent_ids = list(range(n_sent))  # original index of each live sentence
     n = n_sent
-    rows = torch.arange(n, device=device).repeat_interleave(beam)  # [n*beam]
-    enc = model.encode(src_tokens).index_select(rows)  # [n*beam, S, D]
+    enc = model.encode(src_tokens)  # [n, S, D]: one row serves the `beam` rows of its source
     cache = model.new_cache()
     tokens = torch.full((n * beam, 1), bos_id, dtype=torch.long, device=device)  # [n*beam, 1]
     scores = torch.zeros(n * beam, device=device)  # cumulative log-probs
@@ -135,9 +134,9 @@ def _search(
         scores = cand_scores.gather(1, keep_pos).reshape(-1)
         tokens = torch.cat([tokens.index_select(0, new_rows), new_tok[:, None]], dim=1)
         row_max = row_max.index_select(0, new_rows)
-        cache.reorder(new_rows, encoder=shrink)
+        cache.reorder(new_rows, sel if shrink else None)
         if shrink:
-            enc = enc.index_select(new_rows)
+            enc = enc.index_select(sel)
             sent_ids = [sent_ids[i] for i in alive]
             n = len(alive)
         step += 1

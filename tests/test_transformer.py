@@ -138,7 +138,7 @@ def incremental_logits(model, src, prev, reorder=None):
     steps = []
     for t in range(1, prev.shape[1] + 1):
         if reorder is not None and t == 3:  # permute the batch mid-way, as beam search does
-            cache.reorder(reorder)
+            cache.reorder(reorder, reorder)
             enc, prev = enc.index_select(reorder), prev.index_select(0, reorder)
             steps = [s.index_select(0, reorder) for s in steps]
         out = model.decode(prev[:, :t], enc, cache)
@@ -168,6 +168,37 @@ def test_cache_reorder_follows_the_batch():
         full = model(src.index_select(0, index), prev.index_select(0, index))
         got = incremental_logits(model, src, prev, reorder=index)
     torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
+
+
+def test_beams_share_their_sources_encoder_row():
+    """g consecutive decoder rows may share one encoder row (beam search's beams of a source)."""
+    model = tiny()
+    src = tokens(2, 7)
+    src[1, 4:] = PAD
+    prev = torch.cat([torch.full((6, 1), BOS), tokens(6, 5, seed=1)], dim=1)  # 3 rows a source
+    with torch.no_grad():
+        enc = model.encode(src)
+        copies = enc.index_select(torch.arange(2).repeat_interleave(3))
+        got, want = model.decode(prev, enc), model.decode(prev, copies)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_cache_follows_beams_and_drops_finished_sources():
+    model = tiny()
+    src = tokens(2, 7)
+    src[0, 5:] = PAD
+    prev = torch.cat([torch.full((6, 1), BOS), tokens(6, 5, seed=1)], dim=1)  # [6, 6]
+    moved = torch.tensor([2, 0, 0, 4, 3, 3])  # rows move among the beams of their source
+    with torch.no_grad():
+        enc, cache = model.encode(src), model.new_cache()
+        for t in (1, 2):
+            model.decode(prev[:, :t], enc, cache)
+        cache.reorder(moved)  # two reorders before the next step compose
+        cache.reorder(torch.tensor([3, 4, 5]), torch.tensor([1]))  # source 0 is done
+        prev, enc = prev.index_select(0, moved)[3:], enc.index_select(torch.tensor([1]))
+        got = torch.cat([model.decode(prev[:, :t], enc, cache) for t in (3, 4, 5, 6)], dim=1)
+        want = model(src[1:].expand(3, -1), prev)[:, 2:]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 def test_incremental_decode_refuses_a_skipped_step():

@@ -133,12 +133,20 @@ class Attention(nn.Module):
     def forward(
         self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False
     ) -> Tensor:
-        """Attend from x [B, T, D] to k, v [B, H, S, Dh]; mask [B, 1, 1, S] True = may attend."""
+        """Attend from x [B, T, D] to k, v [B/g, H, S, Dh]; mask [B/g, 1, 1, S] True = may
+        attend. With g > 1 (not causal), each g consecutive rows of x share one row of keys
+        (the beams of one source): they attend as one query of g*T positions, so the keys are
+        computed and read once per source, not once per beam."""
+        b, t, d = x.shape
+        g = b // k.shape[0]  # rows of x per row of keys
         q = self.split(self.q_proj(x))  # [B, H, T, Dh]
+        if g > 1:  # [n, g, H, T, Dh] -> [n, H, g*T, Dh]
+            q = q.unflatten(0, (-1, g)).transpose(1, 2).flatten(2, 3)
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
-        b, _, t, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))  # [B, T, D]
+        if g > 1:  # [n, H, g*T, Dh] -> [B, H, T, Dh]
+            out = out.unflatten(2, (g, t)).transpose(1, 2).flatten(0, 1)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))  # [B, T, D]
 
 
 class FeedForward(nn.Module):
@@ -187,10 +195,37 @@ class EncoderLayer(nn.Module):
 class LayerCache:
     """One decoder layer's incremental state: self-attention K/V so far, encoder K/V."""
 
-    k: Tensor | None = None  # [B, H, t, Dh]
+    k: Tensor | None = None  # [B, H, t, Dh], rows in the order of the step that wrote them
     v: Tensor | None = None
-    enc_k: Tensor | None = None  # [B, H, S, Dh], computed on first use
+    order: Tensor | None = None  # [B'] rows of k/v the next step continues (beam reordering)
+    enc_k: Tensor | None = None  # [B/g, H, S, Dh], computed on first use
     enc_v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """All keys and values [B', H, t+1, Dh] with this step's k, v [B', H, 1, Dh] appended,
+        the earlier ones reordered by `order`: one copy of the history a step (not a reorder
+        and then a concatenation)."""
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k, self.v = (
+                _gather_append(self.k, k, self.order),
+                _gather_append(self.v, v, self.order),
+            )
+        self.order = None
+        return self.k, self.v
+
+
+def _gather_append(old: Tensor, new: Tensor, order: Tensor | None) -> Tensor:
+    """cat([old[order], new], dim=2), written once into a fresh tensor."""
+    t = old.shape[2]
+    out = new.new_empty(new.shape[0], new.shape[1], t + new.shape[2], new.shape[3])
+    if order is None:
+        out[:, :, :t] = old
+    else:
+        torch.index_select(old, 0, order, out=out[:, :, :t])
+    out[:, :, t:] = new
+    return out
 
 
 @dataclass
@@ -205,18 +240,16 @@ class DecoderCache:
         k = self.layers[0].k if self.layers else None
         return 0 if k is None else k.shape[2]
 
-    def reorder(self, index: Tensor, encoder: bool = True) -> DecoderCache:
-        """Select batch rows `index` [B'] in place (beam search); returns self.
-
-        encoder=False keeps the encoder K/V as they are: valid when `index` only permutes
-        rows whose encoder states are identical (the beams of one sentence).
-        """
-        names = ("k", "v", "enc_k", "enc_v") if encoder else ("k", "v")
+    def reorder(self, index: Tensor, encoder_index: Tensor | None = None) -> DecoderCache:
+        """Continue decoder rows `index` [B'] (beam search: rows may repeat or leave), and keep
+        encoder rows `encoder_index` (the sources still decoded; None keeps all, as when the
+        rows only move among the beams of one source); returns self. The self-attention K/V
+        are reordered lazily, by the next step's append."""
         for layer in self.layers:
-            for name in names:
-                t = getattr(layer, name)
-                if t is not None:
-                    setattr(layer, name, t.index_select(0, index))
+            layer.order = index if layer.order is None else layer.order.index_select(0, index)
+            if encoder_index is not None and layer.enc_k is not None:
+                layer.enc_k = layer.enc_k.index_select(0, encoder_index)
+                layer.enc_v = layer.enc_v.index_select(0, encoder_index)
         return self
 
 
@@ -245,9 +278,7 @@ class DecoderLayer(nn.Module):
         """x [B, T, D] (T = 1 with a cache), keep [B, T] True = real token (for switch FFNs)."""
         k, v = self.self_attn.kv(x)
         if cache is not None:  # x is the newest position only: attend to all cached ones
-            if cache.k is not None:
-                k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-            cache.k, cache.v = k, v
+            k, v = cache.append(k, v)
         h = self.self_attn(x, k, v, causal=cache is None)
         x = self.self_attn_layer_norm(x + self.dropout(h))
 
@@ -350,8 +381,10 @@ class Seq2SeqTransformer(nn.Module):
     ) -> Tensor:
         """Logits [B, T, V] for prev_output_tokens [B, T].
 
-        With a cache, only the last position is computed (the cache must hold the T-1 before
-        it, i.e. call once per step) and the result is [B, 1, V].
+        `enc` holds B rows, or B/g where each of its rows is the source of g consecutive rows
+        (beam search: no copy of the encoder states per beam). With a cache, only the last
+        position is computed (the cache must hold the T-1 before it, i.e. call once per step)
+        and the result is [B, 1, V].
         """
         if cache is not None:
             if not cache.layers:
