@@ -1,4 +1,5 @@
-"""`idistill-bench`: time the training step, the divergence, beam search and the data path.
+"""`idistill-bench`: time the training step, the divergence, beam search, the data path and
+the start-up of a run.
 
 Prints tables and the targets of the performance issue as ratios measured in this run, and
 writes everything as JSON (`--out`). A benchmark, not a test: nothing here fails on speed.
@@ -68,7 +69,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--jobs", type=int, default=2, help="concurrent processes (concurrency)")
     p.add_argument(
-        "--skip", default="", help="comma list of sections: train,concurrency,divergence,beam,data"
+        "--skip",
+        default="",
+        help="comma list of sections: train,concurrency,divergence,beam,data,startup",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs")
     p.add_argument("--out", default="bench.json", help="JSON results (default: bench.json)")
@@ -200,6 +203,23 @@ def run(argv: list[str] | None = None) -> dict:
         result["data"] = rows
         print("\ndata path")
         print(_table(rows, [("stage", "stage", ""), ("sentences/s", "sentences_per_s", ",.0f")]))
+
+    if "startup" not in skip:
+        compiled = args.compile.split(",")[0]
+        rows = bench.bench_startup(compiled)
+        result["startup"] = rows
+        print(f"\nstart-up: idistill {' '.join(bench.STARTUP_RUN)} trainer.compile={compiled}, "
+              "fresh processes one after the other")  # fmt: skip
+        print(
+            _table(
+                rows,
+                [
+                    ("run", "run", "d"),
+                    ("first update done (s)", "first_update_s", ".1f"),
+                    ("in all (s)", "total_s", ".1f"),
+                ],
+            )  # fmt: skip
+        )
 
     result["targets"] = _targets(result)
     print("\ntargets (ratios measured in this run)")

@@ -11,8 +11,11 @@ import contextlib
 import math
 import multiprocessing
 import os
+import re
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -436,6 +439,33 @@ def _hf_generator(cfg, beam: int, device) -> Callable[[list], int]:
         return tokens
 
     return generate
+
+
+STARTUP_RUN = ["experiment=demo", "trainer.max_updates=2", "trainer.test=false"]
+FIRST_UPDATE = re.compile(r"first update done ([0-9.]+) s after the process started")
+
+
+def bench_startup(compile: str = "loss", runs: int = 2) -> list[dict]:
+    """`idistill experiment=demo trainer.max_updates=2 trainer.test=false` in fresh processes,
+    one after the other, each in a new run folder of one MLflow store: the first may build the
+    data cache and the store, the later ones start as a user's next run does. Per run: seconds
+    from the process's start to its first update done (from the run's log line) and in all."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(runs):
+            cmd = [
+                sys.executable, "-m", "idistill.cli", *STARTUP_RUN, f"trainer.compile={compile}",
+                f"hydra.run.dir={tmp}/run{i}", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+            ]  # fmt: skip
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+            total = time.perf_counter() - start
+            found = FIRST_UPDATE.search(done.stdout + done.stderr)
+            if done.returncode or not found:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+            rows.append({"run": i + 1, "compile": compile, "first_update_s": float(found[1]),
+                         "total_s": total})  # fmt: skip
+    return rows
 
 
 def bench_data(sentences: int = 20_000) -> list[dict]:

@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"  # in a sweep's directory: the sweep's parent run
 JOURNAL, DELIVERED = "tracking.jsonl", "tracking.delivered.json"
-FIRST_CONTACT_S = 10.0  # a new run waits this long for MLflow to name it, then trains anyway
 FLUSH_S = 30.0  # at the end of a run, how long undelivered events may take to go out
 RETRY_S = (15.0, 300.0)  # circuit breaker: first wait after a failure, longest wait
 
@@ -378,14 +377,7 @@ class MlflowTracker:
                 all_tags["mlflow.source.git.commit"] = commit
             self.journal.append({"op": "start", "experiment": experiment, "tags": all_tags})
         self.delivery = _Delivery(uri, self.journal)
-        self.delivery.start()
-        deadline = time.monotonic() + FIRST_CONTACT_S
-        while self.journal.run_id is None and time.monotonic() < deadline:
-            if self.delivery.failures:
-                break
-            time.sleep(0.02)
-        if self.journal.run_id is None:
-            log.warning("MLflow at %s has not answered yet; the run is journaled meanwhile", uri)
+        self.delivery.start()  # training does not wait for MLflow, not even for its run id
 
     @property
     def run_id(self) -> str | None:

@@ -26,6 +26,9 @@ def test_quick_bench_writes_every_section_and_the_target_ratios(tmp_path, capsys
     assert {r["impl"] for r in result["divergence"]} == {"autograd", "fused", "compiled"}
     assert result["beam_search"][0]["sentences"] == 8
     assert {r["stage"] for r in result["data"]} >= {"sentencepiece encode", "collate"}
+    first, later = result["startup"]  # two demo runs of 2 updates, one after the other
+    assert 0 < first["first_update_s"] < first["total_s"]
+    assert 0 < later["first_update_s"] < later["total_s"]
     together = result["concurrency"]  # two processes training at once, under each policy
     assert [r["policy"] for r in together] == [name for name, _, _ in bench.THREAD_POLICIES]
     assert all(r["together_ms"] > 0 and r["slowdown"] > 0 for r in together)
@@ -47,7 +50,7 @@ def test_bench_refuses_an_unknown_compile_setting_shape_or_precision():
 def test_bench_rows_carry_their_precision_and_the_targets_use_the_first(tmp_path):
     result = run(
         ["--quick", "--compile", "none", "--precision", "fp32,bf16", "--out", str(tmp_path / "b"),
-         "--skip", "concurrency,divergence,beam,data"]
+         "--skip", "concurrency,divergence,beam,data,startup"]
     )  # fmt: skip
     steps = result["train_step"]
     assert [r["precision"] for r in steps] == ["fp32"] * 3 + ["bfloat16"] * 3

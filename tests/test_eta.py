@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
 
+import psutil
 import pytest
 
 from idistill.engine import eta as eta_module
@@ -15,6 +18,7 @@ def clock(monkeypatch):
     """A perf_counter that advances only when told: clock[0] = seconds."""
     now = [100.0]
     monkeypatch.setattr(eta_module.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(eta_module, "_startup_said", True)  # (its own test below)
     return now
 
 
@@ -47,3 +51,14 @@ def test_durations_read_as_hours_minutes_or_seconds():
         "3 h 05 min",
         "25 h 00 min",
     ]
+
+
+def test_the_first_run_of_a_process_says_how_long_its_start_up_took(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="idistill.engine.eta")
+    monkeypatch.setattr(eta_module, "_startup_said", False)
+    for run in (Eta(100), Eta(100)):  # a sweep's second job does not say it again
+        run.after(1)
+        run.after(2)
+    (line,) = caplog.messages
+    match = re.fullmatch(r"first update done ([0-9.]+) s after the process started .*", line)
+    assert match and 0 < float(match[1]) < time.time() - psutil.Process().create_time() + 1
