@@ -47,7 +47,7 @@ test: install  ## ruff + the default (fast) pytest suite
 test-slow: install  ## the slow tests: real CLI runs, sweeps, real data
 	$(BIN)/pytest -q -m slow
 
-bench: install  ## idistill-bench: training step, divergence, beam search, data path (~5 min on 2 cores)
+bench: install  ## idistill-bench: training step, divergence, beam search, data path, start-up (several minutes)
 	$(PRELOAD) $(BIN)/idistill-bench
 
 lint: install
