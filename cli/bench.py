@@ -206,7 +206,7 @@ def run(argv: list[str] | None = None) -> dict:
 
     if "startup" not in skip:
         compiled = args.compile.split(",")[0]
-        rows = bench.bench_startup(compiled)
+        rows = bench.bench_startup(compiled, runs=1 if args.quick else 2)
         result["startup"] = rows
         print(f"\nstart-up: idistill {' '.join(bench.STARTUP_RUN)} trainer.compile={compiled}, "
               "fresh processes one after the other")  # fmt: skip
