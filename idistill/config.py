@@ -250,6 +250,8 @@ class RunSettings:
                 d["trainer"].pop(key)
         if d["method"]["k"] == 1:  # one pass: loop and concat are the same computation
             d["method"]["passes"] = "concat"
+        if d["task"].get("source"):  # one folder, however it was spelled (relative, ~)
+            d["task"]["source"] = str(Path(str(d["task"]["source"])).expanduser().resolve())
         d.pop("tracking")
         d.pop("analysis")  # analyses read the model; they do not change training
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -201,6 +201,20 @@ def test_cell_hash_ignores_the_seed_and_the_data_dir(make_cfg):
     assert other_alpha.cell_hash() != s.cell_hash()
 
 
+def test_a_source_folder_hashes_alike_however_it_is_spelled(make_cfg, tmp_path, monkeypatch):
+    # trainer.resume=true and the report find runs by hash: `../data/raw` from one folder and
+    # the absolute path are the same data
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    s = _settings(make_cfg, [])
+    hashes = [
+        dataclasses.replace(s, task={**s.task, "source": source}).config_hash()
+        for source in ("../data/raw", str(tmp_path / "data" / "raw"), "../data/other")
+    ]
+    assert hashes[0] == hashes[1] != hashes[2]
+
+
 def test_a_single_include_or_exclude_pattern_is_a_one_element_list(make_cfg):
     a = _settings(make_cfg, ["analysis.include=encoder_layers.*", "analysis.exclude=*fc2*"])
     assert a.analysis.include == ["encoder_layers.*"] and a.analysis.exclude == ["*fc2*"]
