@@ -18,7 +18,8 @@ class Value:
 
     values: list[float]
     run_ids: list[str] = field(default_factory=list)
-    p_value: float | None = None  # paired bootstrap against the baseline row (BLEU)
+    p_value: float | None = None  # paired bootstrap against the baseline row: the largest
+    p_values: dict[str, float] = field(default_factory=dict)  # seed -> p of that seed pair
     paper: float | None = None  # the paper's number for this cell (idistill/paper.yaml)
 
     @property
@@ -112,6 +113,7 @@ class Table:
                 "std": v.std,
                 "n": len(v.values),
                 "p_value": v.p_value,
+                "p_by_seed": " ".join(f"{s}:{p:.4f}" for s, p in v.p_values.items()),
                 "paper": v.paper,
                 "ours_minus_paper": v.vs_paper,
                 "run_ids": " ".join(v.run_ids),
@@ -138,46 +140,76 @@ def test_lines(run, name: str, lines_of) -> list[str] | None:
     return lines if lines is not None else lines_of(run, LEGACY[name])
 
 
-def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> None:
-    """sacreBLEU's paired bootstrap of every row against the baseline row (its first seed that
-    both have) from the runs' test hypotheses and references; sets each Value's p_value.
-    lines_of(run, name) -> the artifact's lines, or None where it was not stored."""
-    from sacrebleu.metrics import BLEU
-    from sacrebleu.significance import PairedTest
+# The columns a paired bootstrap tests: the metric logged -> sacreBLEU's name for it.
+TESTED = {"test/bleu": "BLEU", "test/chrf": "chrF2"}
 
+
+def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> None:
+    """sacreBLEU's paired bootstrap of every row against the baseline row, in its BLEU and chrF2
+    columns, once for each seed both rows have (a seed's hypotheses against the baseline's of
+    the same seed), from the runs' test hypotheses and references. Sets each tested Value's
+    p_values (seed -> p) and p_value, the largest of them: the star says that every seed pair
+    is significant. lines_of(run, name) -> the artifact's lines, or None where not stored."""
     base = rows.get("baseline") or rows.get("round 0")
     if base is None:
         table.notes.append("no significance test: no baseline row")
         return
+    per_seed = []
     for name, values in table.rows:
-        for i, (col, _) in enumerate(metrics):
+        if rows.get(name) is base:
+            continue
+        for col in dict.fromkeys(c for c, _ in metrics):
+            tested = [
+                (i, TESTED[m]) for i, (c, m) in enumerate(metrics) if c == col and m in TESTED
+            ]
             mine, theirs = rows.get(name, {}).get(col), base.get(col)
-            if rows.get(name) is base or mine is None or theirs is None:
+            if not tested or mine is None or theirs is None:
                 continue
-            seeds = {r.data.params.get("seed"): r for r in theirs.runs}
-            pair = next((r for r in mine.runs if r.data.params.get("seed") in seeds), None)
-            if pair is None:
-                continue
-            other = seeds[pair.data.params.get("seed")]
-            hyp, ref, base_hyp = (
-                test_lines(pair, HYPOTHESES, lines_of),
-                test_lines(pair, REFERENCES, lines_of),
-                test_lines(other, HYPOTHESES, lines_of),
-            )
-            if hyp is None or ref is None or base_hyp is None:
-                table.notes.append(
-                    f"no significance test for {name} ({col}): no {HYPOTHESES} / {REFERENCES}"
-                )
-                continue
-            test = PairedTest(
-                [("baseline", base_hyp), (name, hyp)],
-                {"BLEU": BLEU()},
-                [ref],
-                test_type="bs",
-                n_samples=n_samples,
-            )
-            values[i].p_value = test()[1]["BLEU"][1].p_value
+            base_runs = {r.data.params.get("seed"): r for r in theirs.runs}
+            for run in sorted(mine.runs, key=lambda r: int(r.data.params.get("seed", 0))):
+                seed = run.data.params.get("seed")
+                if seed not in base_runs:
+                    continue
+                p = _paired_bootstrap(run, base_runs[seed], n_samples, lines_of)
+                if p is None:
+                    table.notes.append(
+                        f"no significance test for {name} (seed {seed}): no {HYPOTHESES} / "
+                        f"{REFERENCES}"
+                    )
+                    continue
+                for i, metric in tested:
+                    values[i].p_values[seed] = p[metric]
+            for i, _ in tested:
+                if values[i].p_values:
+                    values[i].p_value = max(values[i].p_values.values())
+                    by_seed = ", ".join(f"seed {s} {p:.3f}" for s, p in values[i].p_values.items())
+                    per_seed.append(f"{name}, {table.headers[i]} p: {by_seed}")
     table.notes.append(
-        f"*: p < 0.05 against the baseline (sacreBLEU paired bootstrap, {n_samples} samples, "
-        "on the first seed both rows have)"
+        f"*: p < 0.05 against the baseline for every seed both rows have (sacreBLEU paired "
+        f"bootstrap, {n_samples} samples, each seed against the baseline's same seed)"
     )
+    table.notes += per_seed
+
+
+def _paired_bootstrap(run, base_run, n_samples: int, lines_of) -> dict[str, float] | None:
+    """{BLEU: p, chrF2: p} of `run`'s test hypotheses against `base_run`'s; None where either
+    run lacks its hypotheses or references."""
+    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.significance import PairedTest
+
+    hyp, ref, base_hyp = (
+        test_lines(run, HYPOTHESES, lines_of),
+        test_lines(run, REFERENCES, lines_of),
+        test_lines(base_run, HYPOTHESES, lines_of),
+    )
+    if hyp is None or ref is None or base_hyp is None:
+        return None
+    test = PairedTest(
+        [("baseline", base_hyp), ("system", hyp)],
+        {"BLEU": BLEU(), "chrF2": CHRF()},
+        [ref],
+        test_type="bs",
+        n_samples=n_samples,
+    )
+    results = test()[1]
+    return {metric: results[metric][1].p_value for metric in TESTED.values()}
