@@ -118,10 +118,9 @@ def make_report(
         attach_runs(cells, client, lambda cell, run: logs_what(target, cell, run))
         table, rows, metrics = build_table(target, cells)
         tables, figures = [table], []
-        if target.figure in DRAWN_BY:  # the newest run of each row, drawn as plot= draws runs
-            newest = {n: c.runs[0] for n, by_col in rows.items() for c in by_col.values() if c.runs}
-            if newest:
-                figures, drawn = DRAW[DRAWN_BY[target.figure]](newest, out_dir / name, client)
+        if target.figure in DRAWN_BY:  # drawn as plot= draws runs
+            if drawn_runs := figure_runs(target, rows):
+                figures, drawn = DRAW[DRAWN_BY[target.figure]](drawn_runs, out_dir / name, client)
                 if target.figure != "violins":  # violins: the mean +- std table stays
                     tables = [dataclasses.replace(drawn, title=target.title, notes=table.notes)]
         elif target.figure == "k_sweep":
@@ -138,6 +137,19 @@ def make_report(
     files = write_outputs(name, tables, figures, out_dir)
     run_id = log_report(uri, name, params or {}, files) if track and uri else None
     return Report(tables, files, run_id)
+
+
+def figure_runs(target, rows: dict[str, dict[str | None, Cell]]) -> dict[str, Any]:
+    """The labelled runs a figure draws: the newest of each row; for validation-loss curves,
+    every seed ("baseline, seed 2") where a row has several."""
+    runs = [(n, c.runs) for n, by_col in rows.items() for c in by_col.values() if c.runs]
+    if target.figure == "curves" and any(len(rs) > 1 for _, rs in runs):
+        return {
+            f"{n}{plots.SEED}{r.data.params.get('seed')}": r
+            for n, rs in runs
+            for r in sorted(rs, key=lambda r: int(r.data.params.get("seed", 0)))
+        }
+    return {n: rs[0] for n, rs in runs}
 
 
 def expand_runs(client, ids: Sequence[str]) -> list[Any]:

@@ -57,6 +57,15 @@ def test_loss_curves_writes_png(tmp_path):
     assert_png(plots.loss_curves(LOSSES, tmp_path / "loss.png"))
 
 
+def test_the_seeds_of_a_method_share_its_colour_and_differ_in_line_style():
+    names = ["baseline, seed 1", "baseline, seed 2", "intra, seed 1", "intra, seed 2"]
+    styles = [plots.line_style(n, names) for n in names]
+    assert styles[0]["color"] == styles[1]["color"] != styles[2]["color"] == styles[3]["color"]
+    assert styles[0]["linestyle"] != styles[1]["linestyle"]
+    assert styles[0]["linestyle"] == styles[2]["linestyle"]
+    assert plots.line_style("a", ["a", "b"])["color"] != plots.line_style("b", ["a", "b"])["color"]
+
+
 def test_metric_vs_k_writes_png(tmp_path):
     assert_png(plots.metric_vs_k(K_POINTS, tmp_path / "k.png"))
 

@@ -435,34 +435,45 @@ def test_an_experiment_file_without_sweeps_is_one_cell():
 def test_the_multi30k_report_shows_bleu_chrf_and_best_valid_loss_with_the_bootstrap(tmp_path):
     # the converged Multi30k protocol's tables, on the synthetic task with a tiny budget
     shared = [*SYNTHETIC, f"data_dir={tmp_path / 'data'}",
-              f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "seed=1"]  # fmt: skip
-    for method in ("baseline", "intra_distill"):
-        _train(["experiment=multi30k_converged", *shared, f"method={method}"], tmp_path / method)
+              f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
+    for method, seed in (("baseline", 1), ("intra_distill", 1), ("baseline", 2)):
+        overrides = ["experiment=multi30k_converged", *shared, f"method={method}", f"seed={seed}"]
+        _train(overrides, tmp_path / f"{method}{seed}")
     select = ["experiment=multi30k_select", *shared, "method.alpha=2", "method.k=2"]
     _train(select, tmp_path / "select")
     runs = {
-        r.data.tags["method"] + r.data.params["method.k"]: r
-        for r in _runs(shared[-2].split("=", 1)[1])
+        r.data.tags["method"] + r.data.params["method.k"] + r.data.params["seed"]: r
+        for r in _runs(shared[-1].split("=", 1)[1])
     }
-    assert "test/bleu" not in runs["intra_distill2"].data.metrics  # selection: no test set
+    assert "test/bleu" not in runs["intra_distill21"].data.metrics  # selection: no test set
 
+    shared.append("seed=1,2")  # the seeds that ran
     table = compose_report("multi30k", shared, tmp_path / "out", bootstrap=100, track=False)
     [main] = [t for t in table.tables if t.title.startswith("Multi30k")]
     assert main.headers == ["BLEU", "chrF2", "best valid loss"]
     rows = dict(main.rows)
-    for method, key in (("baseline", "baseline1"), ("intra_distill", "intra_distill3")):
-        logged = runs[key].data.metrics
+    for method, keys in (("baseline", ["baseline12", "baseline11"]),
+                         ("intra_distill", ["intra_distill31"])):  # fmt: skip
+        logged = [runs[k].data.metrics for k in keys]
         bleu, chrf, valid = rows[method]
-        assert bleu.values == [pytest.approx(logged["test/bleu"])]
-        assert chrf.values == [pytest.approx(logged["test/chrf"])] and 0 < chrf.mean <= 100
-        assert valid.values == [pytest.approx(logged["best/valid/loss"])]
-    assert rows["baseline"][0].p_value is None and 0 <= rows["intra_distill"][0].p_value <= 1
+        assert sorted(bleu.values) == pytest.approx(sorted(m["test/bleu"] for m in logged))
+        assert sorted(chrf.values) == pytest.approx(sorted(m["test/chrf"] for m in logged))
+        assert 0 < chrf.mean <= 100
+        assert sorted(valid.values) == pytest.approx(sorted(m["best/valid/loss"] for m in logged))
+    bleu, chrf, valid = rows["intra_distill"]
+    assert rows["baseline"][0].p_value is None and valid.p_value is None
+    assert list(bleu.p_values) == list(chrf.p_values) == ["1"]  # the seed both rows have
 
-    narrow = [*shared, "method.alpha=2", "method.k=2"]
+    curves = compose_report("multi30k_curves", shared, tmp_path / "curves", track=False)
+    drawn = [n for n, _ in curves.tables[0].rows]  # every seed of each row
+    assert drawn == ["baseline, seed 1", "baseline, seed 2", "intra_distill, seed 1"]
+    assert (tmp_path / "curves" / "multi30k_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    narrow = [*shared[:-1], "method.alpha=2", "method.k=2"]
     chosen = compose_report("multi30k_select", narrow, tmp_path / "sel", track=False)
     [(alpha, [value])] = chosen.tables[0].rows
     assert alpha == "2" and chosen.tables[0].headers == ["K=2"]
-    assert value.values == [pytest.approx(runs["intra_distill2"].data.metrics["best/valid/loss"])]
+    assert value.values == [pytest.approx(runs["intra_distill21"].data.metrics["best/valid/loss"])]
 
 
 def test_significance_reads_the_txt_artifacts_and_those_of_older_runs():

@@ -146,14 +146,31 @@ def loss_curves(
     *,
     ylabel: str = "validation loss",
 ) -> Path:
-    """Paper Figure 7: validation loss against updates, one line per run."""
+    """Paper Figure 7: validation loss against updates, one line per run; the seeds of one
+    method ("baseline, seed 2") share its colour."""
     _check_runs("curves", curves)
     fig, ax = _figure(width=6.4)
     for name, points in curves.items():
         steps, values = _columns("curves", name, points)
-        ax.plot(steps, values, label=name)
+        ax.plot(steps, values, label=name, **line_style(name, curves))
     _label(ax, "updates", ylabel, f"{ylabel[:1].upper()}{ylabel[1:]} during training")
     return _save(fig, path)
+
+
+SEED = ", seed "  # "<row>, seed <s>": one run of a row with several seeds
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def line_style(name: str, names: Sequence[str]) -> dict[str, str]:
+    """Colour and line style of the line `name` among `names`: a colour per method (the name
+    before ", seed"), a line style per seed within it."""
+    methods = list(dict.fromkeys(n.split(SEED)[0] for n in names))
+    method = name.split(SEED)[0]
+    siblings = [n for n in names if n.split(SEED)[0] == method]
+    return {
+        "color": f"C{methods.index(method) % 10}",
+        "linestyle": LINE_STYLES[siblings.index(name) % len(LINE_STYLES)],
+    }
 
 
 def run_curves(series: Mapping[str, Sequence[tuple[int, float]]], path: Path) -> Path:
