@@ -98,9 +98,12 @@ def was_tested(save_dir: Path, meta: dict) -> bool:
 
 
 def work_left(save_dir: Path, meta: dict, test: bool) -> bool:
-    """Whether a run has work left: unfinished, or (test: the test is wanted now) finished
-    without its test."""
-    return not meta.get("finished") or (test and not was_tested(save_dir, meta))
+    """Whether a run has work left: unfinished, or finished without the evaluation wanted now:
+    its test (test), else its best checkpoint's validation scores or its test (tuning)."""
+    if not meta.get("finished"):
+        return True
+    tested = was_tested(save_dir, meta)
+    return not tested if test else not (tested or meta.get("scored_valid"))
 
 
 def find_resumable(roots: list[Path], config_hashes: list[str], test: bool = True) -> Path | None:

@@ -264,7 +264,10 @@ def finished_result(save_dir: Path, test: bool) -> FitResult:
     defaults = {"updates": meta.get("update", 0), "best": None, "metrics": {}, "objective": None}
     kept = {k: v for k, v in record.items() if k in known}  # (result.json adds "seconds")
     result = FitResult(**{**defaults, **kept}, save_dir=save_dir)
-    return result if test else replace(result, metrics={}, objective=None, info=None)
+    if test:
+        return result
+    dev = {k: v for k, v in result.metrics.items() if k.startswith("dev/")}  # no test scores
+    return replace(result, metrics=dev, objective=None, info=None)
 
 
 CURVES = ("train/loss", "valid/loss", "train/alpha")  # the PNG every tracked run logs

@@ -51,13 +51,19 @@ def test_resume_finds_a_finished_run_left_untested_when_the_test_is_wanted(tmp_p
     untested = _run(tmp_path / "untested" / "checkpoints", "h", finished=True)
     (tmp_path / "untested" / "result.json").write_text('{"metrics": {}}')  # an earlier version's
     assert find_resumable([tmp_path], ["h"]) == untested
+    # tuning wants the best checkpoint's validation scores, which this run has not recorded
+    assert find_resumable([tmp_path], ["h"], test=False) == untested
+    meta = json.loads((untested / META).read_text())
+    (untested / META).write_text(json.dumps({**meta, "scored_valid": True}))
     assert find_resumable([tmp_path], ["h"], test=False) is None
+    assert find_resumable([tmp_path], ["h"]) == untested  # the test is still wanted
     assert not was_tested(untested, json.loads((untested / META).read_text()))
     (tmp_path / "untested" / "result.json").unlink()  # no record at all: untested, tested again
     assert find_resumable([tmp_path], ["h"]) == untested
     meta = json.loads((untested / META).read_text())
     (untested / META).write_text(json.dumps({**meta, "tested": True}))  # tested since
     assert find_resumable([tmp_path], ["h"]) is None
+    assert find_resumable([tmp_path], ["h"], test=False) is None  # tuning takes a tested run
 
 
 class _Payload:

@@ -4,6 +4,7 @@ checkpoints, resume, NaN stop, fp16, early stopping."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -102,7 +103,7 @@ def test_resume_true_tests_an_untested_run_then_finds_nothing_left_to_do(
     untested = run(
         make_cfg([*SMALL_RUN, "trainer.test=false"], tracking=True), outputs / "a", progress=False
     )
-    assert untested.test_bleu is None
+    assert untested.test_bleu is None and set(untested.metrics) == {"dev/bleu", "dev/chrf"}
     tested = run(make_cfg([*SMALL_RUN, "trainer.resume=true"], tracking=True), outputs / "b",
                  progress=False)  # fmt: skip
     assert tested.save_dir == outputs / "a" / "checkpoints"  # no update trained again
@@ -129,6 +130,35 @@ def test_resume_true_tests_an_untested_run_then_finds_nothing_left_to_do(
     run(make_cfg(elsewhere, tracking=True), outputs / "e", progress=False)
     assert (outputs / "e" / "checkpoints" / LAST).is_file()
     assert mlflow.search_runs([mlflow.get_experiment_by_name("elsewhere").experiment_id])
+
+
+def test_a_tuning_run_scores_its_best_checkpoint_on_validation_once(
+    make_cfg, tmp_path, monkeypatch
+):
+    # trainer.test=false: valid BLEU and chrF2 of the best checkpoint; a tuning run finished
+    # before it did so is scored by trainer.resume=true without training, then nothing is left
+    monkeypatch.chdir(tmp_path)
+    tuning = [*SMALL_RUN, "trainer.test=false"]
+    first = run(make_cfg(tuning, tracking=True), tmp_path / "a", progress=False)
+    assert 0 <= first.metrics["dev/bleu"] <= 100 and 0 < first.metrics["dev/chrf"] <= 100
+    assert len((tmp_path / "a" / "valid.hyp.txt").read_text().splitlines()) == 40  # n_valid
+    meta = read_meta(first.save_dir)
+    assert meta["scored_valid"] is True and meta["tested"] is False
+    del meta["scored_valid"]  # as a run of an earlier version recorded it
+    meta["result"]["metrics"] = {}
+    (first.save_dir / "checkpoint_last.json").write_text(json.dumps(meta))
+
+    again = run(make_cfg([*tuning, "trainer.resume=true"], tracking=True), tmp_path / "b",
+                progress=False)  # fmt: skip
+    assert again.save_dir == first.save_dir and again.updates == first.updates
+    assert again.metrics == first.metrics  # the same checkpoint scored again
+    done = run(make_cfg([*tuning, "trainer.resume=true"], tracking=True), tmp_path / "c",
+               progress=False)  # fmt: skip
+    assert done.metrics == first.metrics and not (tmp_path / "c" / "checkpoints").exists()
+    mlflow = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [r] = mlflow.search_runs([mlflow.get_experiment_by_name("synthetic").experiment_id])
+    assert r.data.metrics["dev/bleu"] == first.metrics["dev/bleu"]
+    assert "test/bleu" not in r.data.metrics
 
 
 def test_resume_true_finds_the_unfinished_run_of_the_same_config(make_cfg, tmp_path, monkeypatch):

@@ -471,9 +471,11 @@ def test_the_multi30k_report_shows_bleu_chrf_and_best_valid_loss_with_the_bootst
 
     narrow = [*shared[:-1], "method.alpha=2", "method.k=2"]
     chosen = compose_report("multi30k_select", narrow, tmp_path / "sel", track=False)
-    [(alpha, [value])] = chosen.tables[0].rows
-    assert alpha == "2" and chosen.tables[0].headers == ["K=2"]
-    assert value.values == [pytest.approx(runs["intra_distill21"].data.metrics["best/valid/loss"])]
+    [(alpha, [loss, bleu])] = chosen.tables[0].rows
+    assert alpha == "2" and chosen.tables[0].headers == ["K=2 valid loss", "K=2 valid BLEU"]
+    logged = runs["intra_distill21"].data.metrics
+    assert loss.values == [pytest.approx(logged["best/valid/loss"])]
+    assert bleu.values == [pytest.approx(logged["dev/bleu"])]
 
 
 def test_significance_reads_the_txt_artifacts_and_those_of_older_runs():

@@ -16,7 +16,7 @@ from idistill import checkpoint, distributed
 from idistill.config import RunSettings
 from idistill.engine.device import rng_state
 from idistill.engine.eta import Eta
-from idistill.engine.recipe import Recipe, TestResult
+from idistill.engine.recipe import Recipe
 from idistill.engine.run import Run, start
 from idistill.engine.step import NonFiniteLoss, StepStats, step
 from idistill.engine.system import SystemMetrics
@@ -258,7 +258,7 @@ def _test(run: Run, out_dir: Path, progress: bool) -> FitResult:
     if run.s.trainer.test:
         result = recipe.test(run.model, out_dir, run.tracker, progress)
     else:  # tuning on validation: the test set stays unseen
-        result = TestResult({}, None)
+        result = recipe.score_valid(run.model, out_dir, progress)
     run.tracker.log_metrics(
         {**result.metrics, f"best/{recipe.selection.metric}": st.best}, step=st.update
     )
@@ -286,5 +286,7 @@ def _test(run: Run, out_dir: Path, progress: bool) -> FitResult:
     # what trainer.resume=true reports of a finished run without training it
     record = {k: v for k, v in vars(fit_result).items() if k != "save_dir"}
     tested = run.s.trainer.test  # "finished" follows once the MLflow run has ended (runs.py)
-    checkpoint.write_meta(run.save_dir, {**meta, "tested": tested, "result": record})
+    checkpoint.write_meta(
+        run.save_dir, {**meta, "tested": tested, "scored_valid": not tested, "result": record}
+    )
     return fit_result

@@ -86,6 +86,11 @@ class Recipe:
         """Score the best checkpoint (already loaded into `model`) and write its outputs."""
         raise NotImplementedError
 
+    def score_valid(self, model: torch.nn.Module, out_dir: Path, progress: bool) -> TestResult:
+        """Score the best checkpoint on validation where the test set stays unseen
+        (trainer.test=false, tuning): what the task measures beyond the validation loss."""
+        return TestResult({}, None)
+
     def pruning_metric(self, model: torch.nn.Module) -> tuple[str, Callable[[], float]]:
         """(name, evaluate) of the metric the pruning curve plots."""
         raise NotImplementedError

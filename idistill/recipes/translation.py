@@ -304,6 +304,15 @@ class TranslationRecipe(Recipe):
         metrics = {"test/bleu": bleu.score, "test/chrf": chrf.score}
         return TestResult(metrics, bleu.score, {"bleu_signature": bleu.signature})
 
+    def score_valid(self, model, out_dir: Path, progress: bool) -> TestResult:
+        """Beam search on the whole validation set: dev/bleu, dev/chrf (valid.hyp.txt)."""
+        hyps = self._translate(model, self.data.splits["valid"], progress)
+        refs = self.data.references["valid"]
+        bleu, chrf = corpus_bleu(hyps, refs), corpus_chrf(hyps, refs)
+        (out_dir / "valid.hyp.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        log.info("valid BLEU %.2f, chrF2 %.2f (the best checkpoint)", bleu.score, chrf.score)
+        return TestResult({"dev/bleu": bleu.score, "dev/chrf": chrf.score}, None)
+
     def pruning_metric(self, model):
         test, refs = self._test_set()
         return "bleu", lambda: corpus_bleu(self._translate(model, test, False), refs).score
