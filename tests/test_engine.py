@@ -160,6 +160,24 @@ def test_a_tuning_run_scores_its_best_checkpoint_on_validation_once(
     assert r.data.metrics["dev/bleu"] == first.metrics["dev/bleu"]
     assert "test/bleu" not in r.data.metrics
 
+    # tested, then scored on validation by name: it keeps its test, and the other way round
+    test = run(make_cfg([*SMALL_RUN, "trainer.resume=true"], tracking=True), tmp_path / "d",
+               progress=False)  # fmt: skip
+    assert test.save_dir == first.save_dir and test.test_bleu is not None
+    meta = read_meta(first.save_dir)
+    del meta["scored_valid"]  # a tested run that was never scored on validation
+    meta["result"]["metrics"] = {"test/bleu": test.test_bleu}
+    (first.save_dir / "checkpoint_last.json").write_text(json.dumps(meta))
+    rescored = [*tuning, f"trainer.resume={tmp_path / 'a'}"]  # by name: scored
+    run(make_cfg(rescored, tracking=True), tmp_path / "e", progress=False)
+    meta = read_meta(first.save_dir)
+    assert meta["tested"] is True and meta["scored_valid"] is True
+    assert meta["result"]["metrics"]["test/bleu"] == test.test_bleu
+    assert meta["result"]["metrics"]["dev/bleu"] == first.metrics["dev/bleu"]
+    final = run(make_cfg([*SMALL_RUN, "trainer.resume=true"], tracking=True), tmp_path / "f",
+                progress=False)  # fmt: skip
+    assert final.test_bleu == test.test_bleu and not (tmp_path / "f" / "checkpoints").exists()
+
 
 def test_resume_true_finds_the_unfinished_run_of_the_same_config(make_cfg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -285,8 +285,14 @@ def _test(run: Run, out_dir: Path, progress: bool) -> FitResult:
     meta = checkpoint.read_meta(run.save_dir) or {}
     # what trainer.resume=true reports of a finished run without training it
     record = {k: v for k, v in vars(fit_result).items() if k != "save_dir"}
-    tested = run.s.trainer.test  # "finished" follows once the MLflow run has ended (runs.py)
-    checkpoint.write_meta(
-        run.save_dir, {**meta, "tested": tested, "scored_valid": not tested, "result": record}
+    # what has been evaluated so far: a tested run scored on validation later keeps its test
+    before = meta.get("result") or {}
+    record["metrics"] = {**(before.get("metrics") or {}), **record["metrics"]}
+    for key in ("objective", "info"):
+        record[key] = before.get(key) if record[key] in (None, {}) else record[key]
+    tested = run.s.trainer.test or bool(meta.get("tested"))
+    scored_valid = not run.s.trainer.test or bool(meta.get("scored_valid"))
+    checkpoint.write_meta(  # "finished" follows once the MLflow run has ended (runs.py)
+        run.save_dir, {**meta, "tested": tested, "scored_valid": scored_valid, "result": record}
     )
     return fit_result
