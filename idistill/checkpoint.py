@@ -91,10 +91,19 @@ def was_tested(save_dir: Path, meta: dict) -> bool:
     without one the run counts as untested (a resume tests it again rather than never)."""
     if "tested" in meta:
         return bool(meta["tested"])
+    return bool(earlier_result(save_dir, meta).get("metrics"))
+
+
+def earlier_result(save_dir: Path, meta: dict) -> dict:
+    """What a finished run's evaluations gave (FitResult's fields): its meta's record, or for
+    runs of earlier versions the result.json beside its checkpoints; {} where neither."""
+    if meta.get("result"):
+        return meta["result"]
     try:
-        return bool(json.loads((save_dir.parent / "result.json").read_text())["metrics"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+        found = json.loads((save_dir.parent / "result.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def work_left(save_dir: Path, meta: dict, test: bool) -> bool:

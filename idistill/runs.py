@@ -23,6 +23,7 @@ from idistill.checkpoint import (
     BEST,
     LAST,
     META,
+    earlier_result,
     find_resumable,
     latest_run,
     read_meta,
@@ -257,17 +258,13 @@ def finished_result(save_dir: Path, test: bool) -> FitResult:
     result.json beside its checkpoints), for trainer.resume=true to report without training;
     without test metrics where the test is not wanted (tuning on validation)."""
     meta = read_meta(save_dir) or {}
-    record = meta.get("result") or read_result(save_dir.parent) or {}
+    record = earlier_result(save_dir, meta)
     log.info("trainer.resume=true: this config finished in %s; nothing to train (its run: %s)",
              save_dir, meta.get("run_id"))  # fmt: skip
     known = {f.name for f in fields(FitResult)} - {"save_dir"}
     defaults = {"updates": meta.get("update", 0), "best": None, "metrics": {}, "objective": None}
     kept = {k: v for k, v in record.items() if k in known}  # (result.json adds "seconds")
-    result = FitResult(**{**defaults, **kept}, save_dir=save_dir)
-    if test:
-        return result
-    dev = {k: v for k, v in result.metrics.items() if k.startswith("dev/")}  # no test scores
-    return replace(result, metrics=dev, objective=None, info=None)
+    return FitResult(**{**defaults, **kept}, save_dir=save_dir).seen(test)
 
 
 CURVES = ("train/loss", "valid/loss", "train/alpha")  # the PNG every tracked run logs

@@ -108,6 +108,7 @@ def test_resume_true_tests_an_untested_run_then_finds_nothing_left_to_do(
                  progress=False)  # fmt: skip
     assert tested.save_dir == outputs / "a" / "checkpoints"  # no update trained again
     assert tested.updates == 6 and tested.test_bleu is not None
+    assert tested.metrics["dev/bleu"] == untested.metrics["dev/bleu"]  # what it had, kept
     again = run(make_cfg([*SMALL_RUN, "trainer.resume=true"], tracking=True), outputs / "c",
                 progress=False)  # fmt: skip
     assert (again.test_bleu, again.best, again.updates) == (tested.test_bleu, tested.best, 6)
@@ -123,7 +124,7 @@ def test_resume_true_tests_an_untested_run_then_finds_nothing_left_to_do(
     # tuning on validation reuses the finished run but never sees its test
     tuning = run(make_cfg([*SMALL_RUN, "trainer.resume=true", "trainer.test=false"],
                           tracking=True), outputs / "d", progress=False)  # fmt: skip
-    assert (tuning.updates, tuning.metrics, tuning.objective) == (6, {}, None)
+    assert (tuning.updates, tuning.metrics, tuning.objective) == (6, untested.metrics, None)
     assert not (outputs / "d" / "checkpoints").exists()
     # tracked elsewhere (or with other analyses): not what finished, so trained afresh
     elsewhere = [*SMALL_RUN, "trainer.resume=true", "tracking.experiment=elsewhere"]
@@ -165,9 +166,11 @@ def test_a_tuning_run_scores_its_best_checkpoint_on_validation_once(
                progress=False)  # fmt: skip
     assert test.save_dir == first.save_dir and test.test_bleu is not None
     meta = read_meta(first.save_dir)
-    del meta["scored_valid"]  # a tested run that was never scored on validation
-    meta["result"]["metrics"] = {"test/bleu": test.test_bleu}
+    for key in ("tested", "scored_valid", "result"):  # a tested run of an earlier version:
+        del meta[key]  # its result.json beside the checkpoints holds the test
     (first.save_dir / "checkpoint_last.json").write_text(json.dumps(meta))
+    earlier = {"metrics": {"test/bleu": test.test_bleu}, "objective": test.test_bleu}
+    (tmp_path / "a" / "result.json").write_text(json.dumps(earlier))
     rescored = [*tuning, f"trainer.resume={tmp_path / 'a'}"]  # by name: scored
     run(make_cfg(rescored, tracking=True), tmp_path / "e", progress=False)
     meta = read_meta(first.save_dir)

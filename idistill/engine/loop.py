@@ -4,6 +4,7 @@ the best checkpoint -> analyses."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -55,6 +56,14 @@ class FitResult:
     @property
     def bleu_signature(self) -> str | None:
         return (self.info or {}).get("bleu_signature")
+
+    def seen(self, test: bool) -> FitResult:
+        """This result as a run with `test` may see it: without the test scores where the test
+        set stays unseen (trainer.test=false, tuning), keeping those on validation (dev/)."""
+        if test:
+            return self
+        dev = {k: v for k, v in self.metrics.items() if k.startswith("dev/")}
+        return dataclasses.replace(self, metrics=dev, objective=None, info=None)
 
 
 def fit(
@@ -272,27 +281,25 @@ def _test(run: Run, out_dir: Path, progress: bool) -> FitResult:
         label=recipe.label(),
         progress=progress,
     )
+    meta = checkpoint.read_meta(run.save_dir) or {}
+    before = checkpoint.earlier_result(run.save_dir, meta)
+    # every evaluation of the best checkpoint so far (a tested run scored on validation later
+    # keeps its test): what trainer.resume=true reports of a finished run without training it
     fit_result = FitResult(
         st.update,
         st.best,
-        result.metrics,
-        result.objective,
+        {**(before.get("metrics") or {}), **result.metrics},
+        before.get("objective") if result.objective is None else result.objective,
         run.save_dir,
         st.stopped_early,
         st.best_update,
-        result.info,
+        result.info or before.get("info") or {},
     )
-    meta = checkpoint.read_meta(run.save_dir) or {}
-    # what trainer.resume=true reports of a finished run without training it
     record = {k: v for k, v in vars(fit_result).items() if k != "save_dir"}
-    # what has been evaluated so far: a tested run scored on validation later keeps its test
-    before = meta.get("result") or {}
-    record["metrics"] = {**(before.get("metrics") or {}), **record["metrics"]}
-    for key in ("objective", "info"):
-        record[key] = before.get(key) if record[key] in (None, {}) else record[key]
-    tested = run.s.trainer.test or bool(meta.get("tested"))
-    scored_valid = not run.s.trainer.test or bool(meta.get("scored_valid"))
+    test = run.s.trainer.test
+    tested = test or checkpoint.was_tested(run.save_dir, meta)
+    scored_valid = not test or bool(meta.get("scored_valid"))
     checkpoint.write_meta(  # "finished" follows once the MLflow run has ended (runs.py)
         run.save_dir, {**meta, "tested": tested, "scored_valid": scored_valid, "result": record}
     )
-    return fit_result
+    return fit_result.seen(test)
