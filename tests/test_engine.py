@@ -169,7 +169,7 @@ def test_a_tuning_run_scores_its_best_checkpoint_on_validation_once(
     for key in ("tested", "scored_valid", "result"):  # a tested run of an earlier version:
         del meta[key]  # its result.json beside the checkpoints holds the test
     (first.save_dir / "checkpoint_last.json").write_text(json.dumps(meta))
-    earlier = {"metrics": {"test/bleu": test.test_bleu}, "objective": test.test_bleu}
+    earlier = {"updates": 6, "metrics": {"test/bleu": test.test_bleu}, "objective": test.test_bleu}
     (tmp_path / "a" / "result.json").write_text(json.dumps(earlier))
     rescored = [*tuning, f"trainer.resume={tmp_path / 'a'}"]  # by name: scored
     run(make_cfg(rescored, tracking=True), tmp_path / "e", progress=False)

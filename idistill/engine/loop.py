@@ -283,6 +283,8 @@ def _test(run: Run, out_dir: Path, progress: bool) -> FitResult:
     )
     meta = checkpoint.read_meta(run.save_dir) or {}
     before = checkpoint.earlier_result(run.save_dir, meta)
+    if before.get("updates") != st.update:  # trained on since: those scores are of another model
+        before = {}
     # every evaluation of the best checkpoint so far (a tested run scored on validation later
     # keeps its test): what trainer.resume=true reports of a finished run without training it
     fit_result = FitResult(
