@@ -20,7 +20,7 @@ from idistill.analysis import plots
 from idistill.cells import Cell, attach_runs
 from idistill.figures import DRAW, DRAWN_BY, artifact_lines
 from idistill.paper import add_paper_numbers
-from idistill.tables import Table, add_significance
+from idistill.tables import Table, add_significance, seed_order
 from idistill.targets import build_table, find_target, logs_what, per_language_table
 
 REPORT_EXPERIMENT = "idistill-report"  # the MLflow experiment that holds the report runs
@@ -147,7 +147,7 @@ def figure_runs(target, rows: dict[str, dict[str | None, Cell]]) -> dict[str, An
         return {
             f"{n}{plots.SEED}{r.data.params.get('seed')}": r
             for n, rs in runs
-            for r in sorted(rs, key=lambda r: int(r.data.params.get("seed", 0)))
+            for r in seed_order(rs)
         }
     return {n: rs[0] for n, rs in runs}
 

@@ -140,6 +140,11 @@ def test_lines(run, name: str, lines_of) -> list[str] | None:
     return lines if lines is not None else lines_of(run, LEGACY[name])
 
 
+def seed_order(runs: Sequence[Any]) -> list[Any]:
+    """Runs in the order of their seed param."""
+    return sorted(runs, key=lambda r: int(r.data.params.get("seed", 0)))
+
+
 # The columns a paired bootstrap tests: the metric logged -> sacreBLEU's name for it.
 TESTED = {"test/bleu": "BLEU", "test/chrf": "chrF2"}
 
@@ -166,7 +171,7 @@ def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> N
             if not tested or mine is None or theirs is None:
                 continue
             base_runs = {r.data.params.get("seed"): r for r in theirs.runs}
-            for run in sorted(mine.runs, key=lambda r: int(r.data.params.get("seed", 0))):
+            for run in seed_order(mine.runs):
                 seed = run.data.params.get("seed")
                 if seed not in base_runs:
                     continue
