@@ -320,6 +320,7 @@ def write_result(out_dir: Path, result: FitResult, seconds: float) -> None:
         "metrics": result.metrics,
         "objective": result.objective,
         "seconds": round(seconds, 1),  # this invocation's wall time (training and test)
+        "train_seconds": result.train_seconds,  # training's, over all its invocations
     }
     (out_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
 

@@ -54,6 +54,9 @@ def test_small_run_logs_metrics_params_and_bleu(make_cfg, tmp_path):
     assert alphas[0].value < alphas[-1].value  # the adaptive schedule rises
     valid = mlflow.get_metric_history(r.info.run_id, "valid/loss")
     assert [v.step for v in valid] == [3, 6]
+    clock = mlflow.get_metric_history(r.info.run_id, "train/seconds")  # with each validation
+    assert [c.step for c in clock] == [3, 6] and 0 < clock[0].value < clock[1].value
+    assert clock[1].value == result.train_seconds == read_result(tmp_path / "run")["train_seconds"]
     # the machine's load with every train/* log: the run's System metrics tab in MLflow
     cpu = mlflow.get_metric_history(r.info.run_id, "system/cpu_utilization_percentage")
     assert [c.step for c in cpu] == [2, 4, 6] and all(0 <= c.value <= 100 for c in cpu)
@@ -79,6 +82,7 @@ def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch)
     with killed_after_checkpoint(monkeypatch, update=3):
         run(make_cfg(SMALL_RUN), output_dir=tmp_path / "killed", progress=False)
     assert read_meta(tmp_path / "killed" / "checkpoints")["update"] == 3
+    before = torch.load(tmp_path / "killed" / "checkpoints" / LAST, weights_only=False)["seconds"]
 
     resumed = run(
         make_cfg([*SMALL_RUN, f"trainer.resume={tmp_path / 'killed'}"]),
@@ -91,6 +95,8 @@ def test_killed_run_resumes_to_the_same_weights(make_cfg, tmp_path, monkeypatch)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     assert resumed.test_bleu == straight.test_bleu
+    # the training time adds up over the kill: the part before it is in the checkpoint
+    assert 0 < before < resumed.train_seconds
 
 
 def test_resume_true_tests_an_untested_run_then_finds_nothing_left_to_do(

@@ -41,10 +41,12 @@ def test_patience_zero_never_stops():
 
 
 def test_state_round_trips_through_a_checkpoint_and_reads_old_ones():
-    state = TrainState(update=7, epoch=2, batch_pos=3, best=1.5, best_update=5, stale=1)
+    state = TrainState(update=7, epoch=2, batch_pos=3, best=1.5, best_update=5, stale=1,
+                       seconds=12.5)  # fmt: skip
     assert TrainState.from_checkpoint({"model": {}, **state.to_dict()}) == state
-    # before the engine: translation saved best_valid_loss, fine-tuning best = -inf at first
+    # before the engine: translation saved best_valid_loss, fine-tuning best = -inf at first;
+    # before train/seconds, the time a run had trained is unknown
     old_mt = {"update": 4, "epoch": 1, "batch_pos": 4, "best_valid_loss": 2.5}
-    assert TrainState.from_checkpoint(old_mt) == TrainState(4, 1, 4, best=2.5)
+    assert TrainState.from_checkpoint(old_mt) == TrainState(4, 1, 4, best=2.5, seconds=None)
     old_nlu = {"update": 2, "epoch": 1, "batch_pos": 2, "best": -math.inf}
     assert TrainState.from_checkpoint(old_nlu).best is None

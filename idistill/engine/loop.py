@@ -38,6 +38,7 @@ class FitResult:
     stopped_early: bool = False
     best_update: int = 0
     info: dict | None = None  # the recipe's extras, e.g. the sacreBLEU signature
+    train_seconds: float | None = None  # training's wall time over all resumes (train/seconds)
 
     @property
     def best_valid_loss(self) -> float | None:
@@ -134,6 +135,7 @@ def _train(run: Run, progress: bool) -> None:
         mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a batch job's log stays readable
     )
     window, skipped = _Window(), 0  # skipped: fp16 updates the loss scaler skipped
+    run.clock = time.perf_counter()  # train/seconds counts from here
     eta = Eta(run.total)  # logs once how long the run will take
     machine = SystemMetrics(run.device) if run.s.tracking.system_metrics else None
     done = st.update >= run.total or st.stopped_early
@@ -225,7 +227,9 @@ def _validate_and_save(run: Run) -> None:
     st, selection = run.state, run.recipe.selection
     if run.world.main:
         scores = run.recipe.validate(run.model)
-        run.tracker.log_metrics(scores, step=st.update)
+        _clock(run)
+        timed = {} if st.seconds is None else {"train/seconds": st.seconds}
+        run.tracker.log_metrics(scores | timed, step=st.update)
         log.info("update %d | %s", st.update, " | ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if st.record(scores[selection.metric], selection, run.s.trainer.patience):
             checkpoint.save_best(
@@ -240,6 +244,16 @@ def _validate_and_save(run: Run) -> None:
     stop = distributed.all_sum(torch.tensor([float(st.stopped_early)], device=run.device))
     st.stopped_early = bool(stop.item())
     run.last_validated = st.update
+
+
+def _clock(run: Run) -> None:
+    """Adds the wall time since the last call (or the start of training) to the state, which
+    the checkpoint keeps: train/seconds is the time a run took over all its resumes, less the
+    work a kill lost after its last checkpoint."""
+    now = time.perf_counter()
+    if run.state.seconds is not None:
+        run.state.seconds += now - run.clock
+    run.clock = now
 
 
 def _save_last(run: Run, finished: bool) -> None:
@@ -296,6 +310,7 @@ def _test(run: Run, out_dir: Path, progress: bool) -> FitResult:
         st.stopped_early,
         st.best_update,
         result.info or before.get("info") or {},
+        st.seconds,
     )
     record = {k: v for k, v in vars(fit_result).items() if k != "save_dir"}
     test = run.s.trainer.test

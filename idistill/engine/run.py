@@ -48,6 +48,7 @@ class Run:
     state: TrainState
     total: int  # updates the run may take
     last_validated: int = -1
+    clock: float = 0.0  # perf_counter when training time was last added to state.seconds
 
 
 def checkpoint_dir(s: RunSettings, out_dir: Path, resume_dir: Path | None) -> Path:

@@ -39,6 +39,8 @@ class TrainState:
     best_update: int = 0  # ... and the update that reached it
     stale: int = 0  # validations since the best one (trainer.patience counts these)
     stopped_early: bool = False  # trainer.patience ended the run
+    seconds: float | None = 0.0  # training wall time up to here, summed over resumes (None:
+    # resumed from a checkpoint written before idistill counted it)
 
     def record(self, score: float, selection: Selection, patience: int) -> bool:
         """Count one validation; returns whether it is the new best. patience > 0 stops the
@@ -65,6 +67,8 @@ class TrainState:
             state.best = legacy
         if state.best is not None and math.isinf(state.best):
             state.best = None  # nothing validated yet
+        if "seconds" not in ckpt and state.update:
+            state.seconds = None  # the time before this checkpoint is unknown
         return state
 
 
