@@ -60,7 +60,8 @@ def grid_cells(experiment: str, overrides: list[str]) -> list[Cell]:
     base = [f"experiment={experiment}", *plain]
     params = compose(base, hydra=True).hydra.sweeper.params  # None in a file without sweeps
     params = OmegaConf.to_container(params) if params else {}
-    _, params = parse_sweeps([f"{k}={v}" for k, v in params.items()])
+    single, params = parse_sweeps([f"{k}={v}" for k, v in params.items()])
+    params.update((key, [value]) for key, value in _plain_values(single))  # `method.k: "2"`
     grid_keys = set(params) | set(sweeps) | {"seed"}  # a plain override narrows a sweep
     given = dict(sweeps)
     for key, value in _plain_values(plain):

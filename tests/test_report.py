@@ -432,20 +432,31 @@ def test_an_experiment_file_without_sweeps_is_one_cell():
     assert cell.settings.method.name == "self_distill"
 
 
+def test_a_single_valued_sweep_key_of_an_experiment_file_sets_every_cell():
+    # `method.k: "2"` in hydra.sweeper.params: `idistill -m` runs every job with it, so the
+    # report's cells must be composed with it (the method preset's K is 3)
+    cells = grid_cells("multi30k_select", [])
+    assert [c.values for c in cells] == [
+        {"method": "intra_distill", "method.alpha": a, "method.k": "2"} for a in ("1", "2", "5")
+    ]
+    assert {c.settings.method.k for c in cells} == {2}
+    assert cells[0].seeds == ["1"]
+
+
 def test_the_multi30k_report_shows_bleu_chrf_and_best_valid_loss_with_the_bootstrap(tmp_path):
     # the converged Multi30k protocol's tables, on the synthetic task with a tiny budget
     shared = [*SYNTHETIC, f"data_dir={tmp_path / 'data'}",
               f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
-    for method, seed in (("baseline", 1), ("intra_distill", 1), ("baseline", 2)):
+    for method, seed in (("baseline", 1), ("intra_distill_multi30k", 1), ("baseline", 2)):
         overrides = ["experiment=multi30k_converged", *shared, f"method={method}", f"seed={seed}"]
         _train(overrides, tmp_path / f"{method}{seed}")
-    select = ["experiment=multi30k_select", *shared, "method.alpha=2", "method.k=2"]
+    select = ["experiment=multi30k_select", *shared, "method.alpha=2", "method.k=3"]
     _train(select, tmp_path / "select")
     runs = {
         r.data.tags["method"] + r.data.params["method.k"] + r.data.params["seed"]: r
         for r in _runs(shared[-1].split("=", 1)[1])
     }
-    assert "test/bleu" not in runs["intra_distill21"].data.metrics  # selection: no test set
+    assert "test/bleu" not in runs["intra_distill31"].data.metrics  # selection: no test set
 
     shared.append("seed=1,2")  # the seeds that ran
     table = compose_report("multi30k", shared, tmp_path / "out", bootstrap=100, track=False)
@@ -453,27 +464,27 @@ def test_the_multi30k_report_shows_bleu_chrf_and_best_valid_loss_with_the_bootst
     assert main.headers == ["BLEU", "chrF2", "best valid loss"]
     rows = dict(main.rows)
     for method, keys in (("baseline", ["baseline12", "baseline11"]),
-                         ("intra_distill", ["intra_distill31"])):  # fmt: skip
+                         ("intra_distill_multi30k", ["intra_distill21"])):  # fmt: skip
         logged = [runs[k].data.metrics for k in keys]
         bleu, chrf, valid = rows[method]
         assert sorted(bleu.values) == pytest.approx(sorted(m["test/bleu"] for m in logged))
         assert sorted(chrf.values) == pytest.approx(sorted(m["test/chrf"] for m in logged))
         assert 0 < chrf.mean <= 100
         assert sorted(valid.values) == pytest.approx(sorted(m["best/valid/loss"] for m in logged))
-    bleu, chrf, valid = rows["intra_distill"]
+    bleu, chrf, valid = rows["intra_distill_multi30k"]
     assert rows["baseline"][0].p_value is None and valid.p_value is None
     assert list(bleu.p_values) == list(chrf.p_values) == ["1"]  # the seed both rows have
 
     curves = compose_report("multi30k_curves", shared, tmp_path / "curves", track=False)
     drawn = [n for n, _ in curves.tables[0].rows]  # every seed of each row
-    assert drawn == ["baseline, seed 1", "baseline, seed 2", "intra_distill, seed 1"]
+    assert drawn == ["baseline, seed 1", "baseline, seed 2", "intra_distill_multi30k, seed 1"]
     assert (tmp_path / "curves" / "multi30k_curves.png").read_bytes()[:4] == b"\x89PNG"
 
-    narrow = [*shared[:-1], "method.alpha=2", "method.k=2"]
+    narrow = [*shared[:-1], "method.alpha=2", "method.k=3"]
     chosen = compose_report("multi30k_select", narrow, tmp_path / "sel", track=False)
     [(alpha, [loss, bleu])] = chosen.tables[0].rows
-    assert alpha == "2" and chosen.tables[0].headers == ["K=2 valid loss", "K=2 valid BLEU"]
-    logged = runs["intra_distill21"].data.metrics
+    assert alpha == "2" and chosen.tables[0].headers == ["K=3 valid loss", "K=3 valid BLEU"]
+    logged = runs["intra_distill31"].data.metrics
     assert loss.values == [pytest.approx(logged["best/valid/loss"])]
     assert bleu.values == [pytest.approx(logged["dev/bleu"])]
 
