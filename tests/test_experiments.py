@@ -84,3 +84,18 @@ def test_each_method_of_each_experiment_trains_two_updates(tmp_path_factory, cas
     result = run(cfg, output_dir=out, progress=False)
     assert result.updates == 2
     assert (result.test_bleu is not None) == cfg.trainer.test  # selection runs skip the test
+
+
+def test_the_multi30k_comparison_reuses_the_selection_run_of_the_chosen_alpha_and_k():
+    # seed 1 of the final comparison is the selection's run of the chosen cell (trained without
+    # the test set): one config hash, so `idistill -m ... trainer.resume=true` only tests it
+    def settings(overrides):
+        return settings_from_dict(OmegaConf.to_container(_compose(overrides), resolve=True))
+
+    final = settings(["experiment=multi30k_converged", "method=intra_distill_multi30k", "seed=1"])
+    chosen = [f"method.alpha={final.method.alpha}", f"method.k={final.method.k}"]
+    selection = settings(["experiment=multi30k_select", *chosen])
+    assert final.method.name == "intra_distill" and final.trainer.test
+    assert final.config_hash() == selection.config_hash()
+    other = settings(["experiment=multi30k_select", "method.alpha=5", f"method.k={final.method.k}"])
+    assert other.config_hash() != final.config_hash()
