@@ -36,7 +36,7 @@ class NullTracker:
     def history(self, metric: str) -> list[tuple[int, float]]:
         return []
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int, again: bool = False) -> None:
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -403,9 +403,14 @@ class MlflowTracker:
             if e["op"] == "metrics" and metric in e["metrics"]
         ]
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        new = {k: float(v) for k, v in metrics.items() if self.logged_steps.get(k, -1) < step}
-        if new:  # after a resume, the points up to where the killed run had logged are kept
+    def log_metrics(self, metrics: dict[str, float], step: int, again: bool = False) -> None:
+        """After a resume, the points up to where the killed run had logged are kept and the
+        retrained ones skipped; `again`: a new measurement (a finished run tested again, whose
+        hypotheses replace the earlier ones) is logged even at a step logged before."""
+        new = {
+            k: float(v) for k, v in metrics.items() if again or self.logged_steps.get(k, -1) < step
+        }
+        if new:
             self._record({"op": "metrics", "metrics": new, "step": step, "time": _now_ms()})
 
     def set_tags(self, tags: dict[str, str]) -> None:

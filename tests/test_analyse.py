@@ -155,7 +155,7 @@ class _Recorder:
         self.metrics: list[tuple[int, dict[str, float]]] = []
         self.artifacts: list[tuple[Path, str]] = []
 
-    def log_metrics(self, metrics, step):
+    def log_metrics(self, metrics, step, again=False):
         self.metrics.append((step, dict(metrics)))
 
     def log_artifacts(self, folder, path):

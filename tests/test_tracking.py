@@ -81,6 +81,20 @@ def test_a_resumed_run_logs_each_metric_point_once(tmp_path):
     assert again.run_id == first.run_id
 
 
+def test_a_measurement_taken_again_is_logged_at_a_step_logged_before(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MlflowTracker(uri, "synthetic", journal_dir=tmp_path / "ckpt")
+    first.log_metrics({"test/bleu": 30.0}, step=8)
+    first.finish()
+    again = MlflowTracker(uri, "synthetic", journal_dir=tmp_path / "ckpt", resuming=True)
+    again.log_metrics({"test/bleu": 31.0}, step=8)  # a replayed point: skipped
+    again.log_metrics({"test/bleu": 32.0}, step=8, again=True)  # the checkpoint tested anew
+    again.finish()
+    history = client(uri).get_metric_history(first.run_id, "test/bleu")
+    assert [(m.step, m.value) for m in history] == [(8, 30.0), (8, 32.0)]
+    assert client(uri).get_run(first.run_id).data.metrics["test/bleu"] == 32.0
+
+
 def test_a_new_run_in_an_old_runs_folder_gets_its_own_mlflow_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = MlflowTracker(uri, "synthetic", journal_dir=tmp_path / "ckpt")

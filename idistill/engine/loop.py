@@ -282,8 +282,8 @@ def _test(run: Run, out_dir: Path, progress: bool) -> FitResult:
         result = recipe.test(run.model, out_dir, run.tracker, progress)
     else:  # tuning on validation: the test set stays unseen
         result = recipe.score_valid(run.model, out_dir, progress)
-    run.tracker.log_metrics(
-        {**result.metrics, f"best/{recipe.selection.metric}": st.best}, step=st.update
+    run.tracker.log_metrics(  # again: a finished run tested anew replaces its earlier scores
+        {**result.metrics, f"best/{recipe.selection.metric}": st.best}, step=st.update, again=True
     )
     metric, evaluate = recipe.pruning_metric(run.model)
     run.analysis.after(  # analysis=sensitivity / pruning of the best checkpoint
