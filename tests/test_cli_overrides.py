@@ -19,8 +19,8 @@ TASKS = "glue, iwslt14, multi30k, ner, parallel_text, synthetic, tydiqa, wmt17"
             ["method=baseline,intra_distil"],  # each value of a sweep is checked
             [
                 "no method named 'intra_distil' (did you mean method=intra_distill? options: "
-                "baseline, intra_distill, intra_distill_constant, intra_distill_js, rdrop, sage, "
-                "self_distill, switch)"
+                "baseline, intra_distill, intra_distill_constant, intra_distill_js, "
+                "intra_distill_multi30k, rdrop, sage, self_distill, switch)"
             ],
         ),
         (["task=nope"], [f"no task named 'nope' (options: {TASKS})"]),

@@ -143,19 +143,21 @@ def test_a_finished_run_tested_again_logs_its_new_test_to_its_mlflow_run(
     make_cfg, tmp_path, monkeypatch
 ):
     # a tested run whose meta says untested (as an earlier version could leave it) is tested
-    # again by trainer.resume=true: its new hypotheses replace the old ones, so must its scores
+    # and analysed again by trainer.resume=true: its new hypotheses and analysis files replace
+    # the old ones, so must its scores
     monkeypatch.chdir(tmp_path)
-    first = run(make_cfg(SMALL_RUN, tracking=True), tmp_path / "outputs" / "a", progress=False)
+    analysed = [*SMALL_RUN, "analysis=sensitivity", "analysis.batches=2"]
+    first = run(make_cfg(analysed, tracking=True), tmp_path / "outputs" / "a", progress=False)
     meta = read_meta(first.save_dir)
     (first.save_dir / "checkpoint_last.json").write_text(json.dumps({**meta, "tested": False}))
-    again = run(make_cfg([*SMALL_RUN, "trainer.resume=true"], tracking=True),
+    again = run(make_cfg([*analysed, "trainer.resume=true"], tracking=True),
                 tmp_path / "outputs" / "b", progress=False)  # fmt: skip
     assert again.save_dir == first.save_dir and again.test_bleu is not None
 
     mlflow = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [r] = mlflow.search_runs([mlflow.get_experiment_by_name("synthetic").experiment_id])
-    for key in ("test/bleu", "test/chrf"):
-        assert [p.step for p in mlflow.get_metric_history(r.info.run_id, key)] == [6, 6]
+    for key in ("test/bleu", "test/chrf", "sensitivity/std"):
+        assert [p.step for p in mlflow.get_metric_history(r.info.run_id, key)] == [6, 6], key
     assert r.data.metrics["test/bleu"] == again.test_bleu
     steps = [p.step for p in mlflow.get_metric_history(r.info.run_id, "train/loss")]
     assert len(steps) == len(set(steps))  # training's points still once each

@@ -8,6 +8,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from idistill.cli.compose import grid_cells
 from idistill.cli.main import run
 from idistill.config import settings_from_dict
 
@@ -87,15 +88,12 @@ def test_each_method_of_each_experiment_trains_two_updates(tmp_path_factory, cas
 
 
 def test_the_multi30k_comparison_reuses_the_selection_run_of_the_chosen_alpha_and_k():
-    # seed 1 of the final comparison is the selection's run of the chosen cell (trained without
-    # the test set): one config hash, so `idistill -m ... trainer.resume=true` only tests it
-    def settings(overrides):
-        return settings_from_dict(OmegaConf.to_container(_compose(overrides), resolve=True))
-
-    final = settings(["experiment=multi30k_converged", "method=intra_distill_multi30k", "seed=1"])
-    chosen = [f"method.alpha={final.method.alpha}", f"method.k={final.method.k}"]
-    selection = settings(["experiment=multi30k_select", *chosen])
-    assert final.method.name == "intra_distill" and final.trainer.test
-    assert final.config_hash() == selection.config_hash()
-    other = settings(["experiment=multi30k_select", "method.alpha=5", f"method.k={final.method.k}"])
-    assert other.config_hash() != final.config_hash()
+    # seed 1 of the final comparison is the selection's run of the chosen cell, alpha 1 and K 2
+    # (trained without the test set): one config hash, so `idistill -m ... trainer.resume=true`
+    # only tests it. The cells as `idistill -m` composes their jobs:
+    final = {c.values["method"]: c.settings for c in grid_cells("multi30k_converged", [])}
+    selection = {c.values["method.alpha"]: c.settings for c in grid_cells("multi30k_select", [])}
+    chosen = final["intra_distill_multi30k"]
+    assert (chosen.method.name, chosen.method.alpha, chosen.method.k) == ("intra_distill", 1.0, 2)
+    assert chosen.trainer.test and not selection["1"].trainer.test
+    assert [a for a, s in selection.items() if s.config_hash() == chosen.config_hash()] == ["1"]

@@ -482,11 +482,29 @@ def test_the_multi30k_report_shows_bleu_chrf_and_best_valid_loss_with_the_bootst
 
     narrow = [*shared[:-1], "method.alpha=2", "method.k=3"]
     chosen = compose_report("multi30k_select", narrow, tmp_path / "sel", track=False)
-    [(alpha, [loss, bleu])] = chosen.tables[0].rows
-    assert alpha == "2" and chosen.tables[0].headers == ["K=3 valid loss", "K=3 valid BLEU"]
+    [(alpha, [loss, bleu, chrf])] = chosen.tables[0].rows
+    assert alpha == "2"
+    assert chosen.tables[0].headers == ["K=3 valid loss", "K=3 valid BLEU", "K=3 valid chrF2"]
     logged = runs["intra_distill31"].data.metrics
     assert loss.values == [pytest.approx(logged["best/valid/loss"])]
     assert bleu.values == [pytest.approx(logged["dev/bleu"])]
+    assert chrf.values == [pytest.approx(logged["dev/chrf"])]
+
+
+def test_a_bleu_table_counts_a_run_of_its_cell_only_once_it_is_tested():
+    # the selection's run of the chosen alpha and K is seed 1 of the final comparison before the
+    # final sweep tests it: until then it is missing from the table, not an empty BLEU
+    from types import SimpleNamespace
+
+    from idistill.targets import logs_what
+
+    [_, cell] = grid_cells("multi30k_converged", [])  # baseline, intra_distill_multi30k
+    tuned = {"best/valid/loss": 2.56, "dev/bleu": 43.0, "dev/chrf": 62.2}
+    untested = SimpleNamespace(data=SimpleNamespace(metrics=tuned))
+    tested = SimpleNamespace(data=SimpleNamespace(metrics={**tuned, "test/bleu": 41.4}))
+    assert not logs_what(TARGETS["multi30k"], cell, untested)
+    assert logs_what(TARGETS["multi30k"], cell, tested)
+    assert logs_what(TARGETS["multi30k_select"], cell, untested)  # what tuning shows
 
 
 def test_significance_reads_the_txt_artifacts_and_those_of_older_runs():

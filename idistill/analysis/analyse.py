@@ -110,7 +110,7 @@ class RunAnalysis:
         batches = self.batches(a.batches)
         sens = sensitivity(self.model, batches, self.loss_fn, self.params, progress=progress)
         stats = summarize(sens)
-        tracker.log_metrics(stats.as_metrics(), step=step)
+        tracker.log_metrics(stats.as_metrics(), step=step, again=True)  # a new measurement
         log.info(
             "sensitivity of %d elements in %d tensors over %d batches: std %.3e, top-20%% mean "
             "%.3e, bottom-80%% mean %.3e",
@@ -141,7 +141,7 @@ class RunAnalysis:
             ratios = sorted({0.0, *a.ratios})  # the unpruned model is the reference
             curve = pruning_curve(self.params, sens, ratios, evaluate, progress=progress)
             for ratio, value in curve:  # whole percents (config.py checks)
-                tracker.log_metrics({f"prune/{metric}": value}, step=round(ratio * 100))
+                tracker.log_metrics({f"prune/{metric}": value}, step=round(ratio * 100), again=True)
             log.info(
                 "pruning: %s",
                 ", ".join(f"{ratio:.0%} {metric} {value:.2f}" for ratio, value in curve),
