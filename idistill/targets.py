@@ -74,7 +74,7 @@ TARGETS = {
                               figure="curves"),
     "multi30k_select": Target(
         "Multi30k De->En: intra-distillation by alpha and K on validation (seed 1): the best "
-        "validation loss, and the valid BLEU of that checkpoint",
+        "validation loss, and the valid BLEU and chrF2 of that checkpoint",
         "multi30k_select", rows="method.alpha", cols="method.k", fmt=".3f",
         columns=lambda col: [("K={col} valid loss", "best/valid/loss"),
                              ("K={col} valid BLEU", "dev/bleu"),
