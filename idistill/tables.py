@@ -20,6 +20,7 @@ class Value:
     run_ids: list[str] = field(default_factory=list)
     p_value: float | None = None  # paired bootstrap against the baseline row: the largest
     p_values: dict[str, float] = field(default_factory=dict)  # seed -> p of that seed pair
+    p_pooled: float | None = None  # p of all seed pairs' test sets concatenated (2+ seeds)
     paper: float | None = None  # the paper's number for this cell (idistill/paper.yaml)
 
     @property
@@ -114,6 +115,7 @@ class Table:
                 "n": len(v.values),
                 "p_value": v.p_value,
                 "p_by_seed": " ".join(f"{s}:{p:.4f}" for s, p in v.p_values.items()),
+                "p_pooled": v.p_pooled,
                 "paper": v.paper,
                 "ours_minus_paper": v.vs_paper,
                 "run_ids": " ".join(v.run_ids),
@@ -154,7 +156,9 @@ def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> N
     columns, once for each seed both rows have (a seed's hypotheses against the baseline's of
     the same seed), from the runs' test hypotheses and references. Sets each tested Value's
     p_values (seed -> p) and p_value, the largest of them: the star says that every seed pair
-    is significant. lines_of(run, name) -> the artifact's lines, or None where not stored."""
+    is significant. With two seed pairs or more, also p_pooled: the test sets of every pair
+    concatenated (each seed's hypotheses against its baseline's), a test of the seeds' mean
+    gain. lines_of(run, name) -> the artifact's lines, or None where not stored."""
     base = rows.get("baseline") or rows.get("round 0")
     if base is None:
         table.notes.append("no significance test: no baseline row")
@@ -171,23 +175,33 @@ def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> N
             if not tested or mine is None or theirs is None:
                 continue
             base_runs = {r.data.params.get("seed"): r for r in theirs.runs}
+            paired = {}  # seed -> (run, its baseline run), the pairs with their test files
             for run in seed_order(mine.runs):
                 seed = run.data.params.get("seed")
                 if seed not in base_runs:
                     continue
-                p = _paired_bootstrap(run, base_runs[seed], n_samples, lines_of)
+                p = _paired_bootstrap([(run, base_runs[seed])], n_samples, lines_of)
                 if p is None:
                     table.notes.append(
                         f"no significance test for {name} (seed {seed}): no {HYPOTHESES} / "
                         f"{REFERENCES}"
                     )
                     continue
+                paired[seed] = (run, base_runs[seed])
                 for i, metric in tested:
                     values[i].p_values[seed] = p[metric]
-            for i, _ in tested:
+            pooled = (
+                _paired_bootstrap(list(paired.values()), n_samples, lines_of)
+                if len(paired) > 1
+                else None
+            )
+            for i, metric in tested:
                 if values[i].p_values:
                     values[i].p_value = max(values[i].p_values.values())
                     by_seed = ", ".join(f"seed {s} {p:.3f}" for s, p in values[i].p_values.items())
+                    if pooled is not None:
+                        values[i].p_pooled = pooled[metric]
+                        by_seed += f"; the {len(paired)} seeds pooled {pooled[metric]:.3f}"
                     per_seed.append(f"{name}, {table.headers[i]} p: {by_seed}")
     table.notes.append(
         f"*: p < 0.05 against the baseline for every seed both rows have (sacreBLEU paired "
@@ -196,19 +210,24 @@ def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> N
     table.notes += per_seed
 
 
-def _paired_bootstrap(run, base_run, n_samples: int, lines_of) -> dict[str, float] | None:
-    """{BLEU: p, chrF2: p} of `run`'s test hypotheses against `base_run`'s; None where either
-    run lacks its hypotheses or references."""
+def _paired_bootstrap(pairs, n_samples: int, lines_of) -> dict[str, float] | None:
+    """{BLEU: p, chrF2: p} of the runs' test hypotheses against their baseline runs', for
+    pairs [(run, base_run), ...], their test sets concatenated; None where a run lacks its
+    hypotheses or references."""
     from sacrebleu.metrics import BLEU, CHRF
     from sacrebleu.significance import PairedTest
 
-    hyp, ref, base_hyp = (
-        test_lines(run, HYPOTHESES, lines_of),
-        test_lines(run, REFERENCES, lines_of),
-        test_lines(base_run, HYPOTHESES, lines_of),
-    )
-    if hyp is None or ref is None or base_hyp is None:
-        return None
+    hyp, ref, base_hyp = [], [], []
+    for run, base_run in pairs:
+        lines = (
+            test_lines(run, HYPOTHESES, lines_of),
+            test_lines(run, REFERENCES, lines_of),
+            test_lines(base_run, HYPOTHESES, lines_of),
+        )
+        if any(x is None for x in lines):
+            return None
+        for out, x in zip((hyp, ref, base_hyp), lines, strict=True):
+            out += x
     test = PairedTest(
         [("baseline", base_hyp), ("system", hyp)],
         {"BLEU": BLEU(), "chrF2": CHRF()},

@@ -92,9 +92,27 @@ def test_each_seed_pair_is_bootstrapped_in_bleu_and_chrf_and_the_star_needs_all_
         assert v.p_values["1"] < 0.05 < v.p_values["2"]
         assert v.p_value == v.p_values["2"]  # the largest: not every seed pair is significant
         assert not v.text().endswith("*")
+        # both seeds' test sets concatenated: seed 1's large gain carries the pooled test
+        assert v.p_pooled is not None and v.p_pooled < 0.05 < v.p_values["2"]
     assert loss.p_value is None and not loss.p_values  # no bootstrap of a validation loss
     assert "intra, chrF2 p: seed 1 " in "\n".join(table.notes)
+    assert "; the 2 seeds pooled " in "\n".join(table.notes)
     assert table.records()[4]["p_by_seed"].startswith("1:")
+    assert table.records()[4]["p_pooled"] == bleu.p_pooled
+
+
+def test_one_seed_pair_has_no_pooled_test():
+    rng = random.Random(1)
+    ref = [" ".join(rng.choices("abcdefgh", k=8)) for _ in range(20)]
+    other = [" ".join(rng.choices("abcdefgh", k=8)) for _ in range(20)]
+    intra = [_run(1, ref, ref), _run(2, ref, ref)]  # seed 2 has no baseline
+    rows = {"baseline": {None: SimpleNamespace(runs=[_run(1, other, ref)])},
+            "intra": {None: SimpleNamespace(runs=intra)}}  # fmt: skip
+    table = Table("T", ["BLEU"], [(name, [Value([1.0])]) for name in rows])
+    add_significance(table, rows, [(None, "test/bleu")], 50, lambda run, name: run.files.get(name))
+    bleu = table.rows[1][1][0]
+    assert list(bleu.p_values) == ["1"] and bleu.p_pooled is None
+    assert "pooled" not in "\n".join(table.notes)
 
 
 def test_a_run_without_its_test_files_is_named_and_not_tested():
