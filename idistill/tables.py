@@ -175,23 +175,24 @@ def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> N
             if not tested or mine is None or theirs is None:
                 continue
             base_runs = {r.data.params.get("seed"): r for r in theirs.runs}
-            paired = {}  # seed -> (run, its baseline run), the pairs with their test files
+            paired = []  # (hypotheses, references, baseline hypotheses) of each seed pair
             for run in seed_order(mine.runs):
                 seed = run.data.params.get("seed")
                 if seed not in base_runs:
                     continue
-                p = _paired_bootstrap([(run, base_runs[seed])], n_samples, lines_of)
-                if p is None:
+                lines = _pair_lines(run, base_runs[seed], lines_of)
+                if lines is None:
                     table.notes.append(
                         f"no significance test for {name} (seed {seed}): no {HYPOTHESES} / "
                         f"{REFERENCES}"
                     )
                     continue
-                paired[seed] = (run, base_runs[seed])
+                paired.append(lines)
+                p = _paired_bootstrap(*lines, n_samples)
                 for i, metric in tested:
                     values[i].p_values[seed] = p[metric]
             pooled = (
-                _paired_bootstrap(list(paired.values()), n_samples, lines_of)
+                _paired_bootstrap(*(sum(x, []) for x in zip(*paired, strict=True)), n_samples)
                 if len(paired) > 1
                 else None
             )
@@ -210,24 +211,24 @@ def add_significance(table: Table, rows, metrics, n_samples: int, lines_of) -> N
     table.notes += per_seed
 
 
-def _paired_bootstrap(pairs, n_samples: int, lines_of) -> dict[str, float] | None:
-    """{BLEU: p, chrF2: p} of the runs' test hypotheses against their baseline runs', for
-    pairs [(run, base_run), ...], their test sets concatenated; None where a run lacks its
-    hypotheses or references."""
+def _pair_lines(run, base_run, lines_of) -> tuple[list[str], list[str], list[str]] | None:
+    """`run`'s test hypotheses and references and `base_run`'s hypotheses; None where either
+    run lacks its files."""
+    lines = (
+        test_lines(run, HYPOTHESES, lines_of),
+        test_lines(run, REFERENCES, lines_of),
+        test_lines(base_run, HYPOTHESES, lines_of),
+    )
+    return None if any(x is None for x in lines) else lines
+
+
+def _paired_bootstrap(
+    hyp: list[str], ref: list[str], base_hyp: list[str], n_samples: int
+) -> dict[str, float]:
+    """{BLEU: p, chrF2: p} of the hypotheses `hyp` against the baseline's `base_hyp`."""
     from sacrebleu.metrics import BLEU, CHRF
     from sacrebleu.significance import PairedTest
 
-    hyp, ref, base_hyp = [], [], []
-    for run, base_run in pairs:
-        lines = (
-            test_lines(run, HYPOTHESES, lines_of),
-            test_lines(run, REFERENCES, lines_of),
-            test_lines(base_run, HYPOTHESES, lines_of),
-        )
-        if any(x is None for x in lines):
-            return None
-        for out, x in zip((hyp, ref, base_hyp), lines, strict=True):
-            out += x
     test = PairedTest(
         [("baseline", base_hyp), ("system", hyp)],
         {"BLEU": BLEU(), "chrF2": CHRF()},
